@@ -1,0 +1,47 @@
+# rlprune — the two commands a newcomer needs: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.rlprune-setup
+DATA_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data demo test lint bench clean
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# Pin the CPU build of torch that lies on local disk; a bare `torch` may pull CUDA (GBs).
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# The Debian package ships Fashion-MNIST as gzipped IDX files.
+data:
+	@if [ -f $(DATA_DIR)/train-images-idx3-ubyte.gz ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -q dataset-fashion-mnist >/dev/null || \
+		(apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null); \
+	else \
+		echo "Fashion-MNIST not found: run 'sudo apt-get install dataset-fashion-mnist'" \
+		     "or 'rlprune train --dataset fashion-mnist --download ...'"; \
+	fi
+
+demo: setup
+	$(BIN)/python -m rlprune demo --out runs/demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy src
+
+test: setup lint
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup
+	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/rollouts.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,112 @@
+"""Per-filter state of a unit: what the policy sees (issue 4, item 1).
+
+``features`` state, one row per channel of the unit, each column z-scored within the unit:
+
+    0 L1 norm of the filter (summed over the unit's producer convs)
+    1 L2 norm of the filter
+    2 |BN gamma| (mean over the unit's BNs; 0 if none)
+    3 mean activation after ReLU at the unit's outputs (calibration batch)
+    4 APoZ: fraction of non-positive outputs (Hu et al. 2016)
+    5 first-order Taylor importance |mean(a * dL/da)| (Molchanov et al. 2017)
+
+followed by four unit-context columns (same for every filter): relative depth, log2(channels)/10,
+the unit's share of the model MACs, and the model MACs kept so far (fraction of the baseline).
+
+``weights`` state (Huang et al. 2018): the unit's root-conv filter weights, flattened, divided
+by their standard deviation; its width depends on the layer, so it needs a per-unit policy.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rlprune.pruning import Unit
+
+__all__ = ["FEATURE_DIM", "feature_state", "unit_statistics", "weight_state"]
+
+FILTER_FEATURES = 6
+CONTEXT_FEATURES = 4
+FEATURE_DIM = FILTER_FEATURES + CONTEXT_FEATURES
+
+
+def _zscore(x: torch.Tensor) -> torch.Tensor:
+    """Column-wise z-score; constant columns become 0."""
+    std = x.std(dim=0, unbiased=False, keepdim=True)
+    return (x - x.mean(dim=0, keepdim=True)) / torch.where(std > 1e-12, std, torch.ones_like(std))
+
+
+def unit_statistics(model: nn.Module, unit: Unit, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Raw per-filter statistics ``[C, 6]`` (columns as in the module docstring).
+
+    One forward + backward over the calibration batch ``x [B, C_in, H, W]``, ``y [B]``; the
+    model's weights and mode are left unchanged (gradients are cleared).
+    """
+    mods = dict(model.named_modules())
+    c = unit.channels
+    convs = [mods[n] for n in unit.producers if isinstance(mods[n], nn.Conv2d)]
+    bns = [mods[n] for n in unit.producers if isinstance(mods[n], nn.BatchNorm2d)]
+    l1 = torch.zeros(c)
+    l2 = torch.zeros(c)
+    for conv in convs:
+        w = conv.weight.detach().flatten(1).cpu()
+        l1 += w.abs().sum(1)
+        l2 += w.pow(2).sum(1)
+    gamma = torch.zeros(c)
+    for bn in bns:
+        gamma += bn.weight.detach().abs().cpu() / len(bns)
+    # Activation statistics at the unit's outputs: its BNs if it has any, else its convs.
+    taps = bns if bns else convs
+    outs: list[torch.Tensor] = []
+
+    def keep(_m: nn.Module, _i: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        out.retain_grad()
+        outs.append(out)
+
+    handles = [m.register_forward_hook(keep) for m in taps]
+    was_training = model.training
+    model.eval()
+    try:
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    act = torch.zeros(c)
+    apoz = torch.zeros(c)
+    taylor = torch.zeros(c)
+    for out in outs:
+        o = out.detach().cpu()
+        dims = [d for d in range(o.dim()) if d != 1]
+        act += o.clamp_min(0).mean(dim=dims) / len(outs)
+        apoz += (o <= 0).float().mean(dim=dims) / len(outs)
+        if out.grad is not None:
+            taylor += (o * out.grad.cpu()).mean(dim=dims).abs()
+    model.zero_grad(set_to_none=True)
+    return torch.stack([l1, l2.sqrt(), gamma, act, apoz, taylor], dim=1)
+
+
+def feature_state(
+    stats: torch.Tensor, unit: Unit, num_units: int, macs_kept: float
+) -> torch.Tensor:
+    """Normalised state ``[C, FEATURE_DIM]`` from raw statistics ``[C, 6]``."""
+    c = stats.shape[0]
+    context = torch.tensor(
+        [
+            unit.depth / max(1, num_units - 1),
+            float(torch.log2(torch.tensor(float(c)))) / 10.0,
+            unit.mac_share,
+            macs_kept,
+        ]
+    )
+    return torch.cat([_zscore(stats.float()), context.expand(c, -1)], dim=1)
+
+
+def weight_state(model: nn.Module, unit: Unit) -> torch.Tensor:
+    """Huang et al.'s state: root-conv filters flattened, ``[C, C_in/groups * k * k]``."""
+    conv = dict(model.named_modules())[unit.name]
+    assert isinstance(conv, nn.Conv2d)
+    w = conv.weight.detach().flatten(1).cpu()
+    return w / (w.std() + 1e-12)

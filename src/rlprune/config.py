@@ -1,0 +1,293 @@
+"""Frozen, validated configuration dataclasses; YAML loading and ``--set key=value`` overrides.
+
+Every config validates itself on construction and names the offending key in its error, so a bad
+value fails at start-up, not hours into a search. ``to_dict`` output is written into every run
+folder as ``config.yaml`` and loads back to an equal config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from rlprune.errors import ConfigError
+
+__all__ = [
+    "AgentConfig",
+    "PruneConfig",
+    "RewardConfig",
+    "RolloutConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+]
+
+T = TypeVar("T")
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"invalid config value for '{key}': {msg}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Baseline training (SGD + Nesterov, OneCycle LR, crop/flip augmentation)."""
+
+    epochs: float = 3.0
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = True
+    label_smoothing: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
+        _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _check(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _check(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    """Policy network and REINFORCE settings (Huang et al. 2018, Sec. 3)."""
+
+    state: str = "features"  # "features" (per-filter statistics) or "weights" (Huang et al.)
+    hidden: int = 64
+    lr: float = 0.03
+    samples: int = 8  # K masks per policy update
+    updates: int = 10  # U policy updates per unit (upper bound; early stop may end sooner)
+    entropy_coef: float = 0.01
+    baseline: str = "batch-mean"  # or "moving-average"
+    baseline_momentum: float = 0.9
+    normalize_advantage: bool = True
+    grad_clip: float = 1.0
+    init_keep: float = 0.85  # initial keep probability (bias of the output layer)
+    patience: int = 4  # updates without a new best reward before stopping
+    min_entropy: float = 0.05  # mean per-filter Bernoulli entropy (nats) that counts as converged
+
+    def __post_init__(self) -> None:
+        _check(self.state in ("features", "weights"), "agent.state", "features | weights")
+        _check(self.hidden >= 1, "agent.hidden", "must be >= 1")
+        _check(self.lr > 0, "agent.lr", "must be > 0")
+        _check(self.samples >= 2, "agent.samples", "must be >= 2 (a baseline needs two)")
+        _check(self.updates >= 1, "agent.updates", "must be >= 1")
+        _check(self.entropy_coef >= 0, "agent.entropy_coef", "must be >= 0")
+        _check(
+            self.baseline in ("batch-mean", "moving-average"),
+            "agent.baseline",
+            "batch-mean | moving-average",
+        )
+        _check(0 <= self.baseline_momentum < 1, "agent.baseline_momentum", "must be in [0, 1)")
+        _check(self.grad_clip > 0, "agent.grad_clip", "must be > 0")
+        _check(0 < self.init_keep < 1, "agent.init_keep", "must be in (0, 1)")
+        _check(self.patience >= 1, "agent.patience", "must be >= 1")
+        _check(self.min_entropy >= 0, "agent.min_entropy", "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    """Reward settings; see :mod:`rlprune.reward` for the formulas.
+
+    Exactly one of ``max_acc_drop`` (accuracy-bounded mode) and ``target_macs`` (budget mode)
+    drives the search; ``mode="amc"`` uses AMC's ``-error * log(MACs)`` with a MAC budget.
+    """
+
+    mode: str = "accuracy"  # "accuracy" | "budget" | "amc"
+    max_acc_drop: float = 1.0  # pp, accuracy mode: final tolerated drop
+    tolerance: float = 0.0  # pp, tolerated drop b of a rollout before fine-tuning; 0 -> auto
+    efficiency: str = "filters"  # "filters" | "macs": what the efficiency term counts
+    target_macs: float = 0.0  # fraction of baseline MACs to reach (budget/amc modes)
+    budget_penalty: float = 100.0  # pp per unit of log-overshoot of the unit's MAC budget
+    budget_bonus: float = 1.0  # pp per unit of log-saving below the unit's budget
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("accuracy", "budget", "amc"), "reward.mode", "accuracy|budget|amc")
+        _check(self.max_acc_drop > 0, "max_acc_drop", f"must be > 0, got {self.max_acc_drop}")
+        _check(self.tolerance >= 0, "reward.tolerance", "must be >= 0")
+        _check(self.efficiency in ("filters", "macs"), "reward.efficiency", "filters | macs")
+        if self.mode == "accuracy":
+            _check(
+                self.target_macs == 0,
+                "target_macs",
+                "accuracy mode takes --max-acc-drop, not --target-macs (choose one mode)",
+            )
+        else:
+            _check(
+                0 < self.target_macs < 1,
+                "target_macs",
+                f"must be in (0, 1) for {self.mode} mode, got {self.target_macs}",
+            )
+        _check(self.budget_penalty >= 0, "reward.budget_penalty", "must be >= 0")
+        _check(self.budget_bonus >= 0, "reward.budget_bonus", "must be >= 0")
+
+    @property
+    def b(self) -> float:
+        """Tolerated rollout drop in pp (Huang et al.'s ``b``); auto = 2x the final bound."""
+        return self.tolerance if self.tolerance > 0 else 2.0 * self.max_acc_drop
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """How rollouts are scored (issue 5: prefix cache, masks, reward-set size, memory cap)."""
+
+    reward_set: int = 1000  # validation images each rollout is scored on
+    batch_size: int = 250
+    fast: bool = True  # prefix cache + suffix-only evaluation (exact; falls back if untraceable)
+    cache_mb: float = 512.0  # cap on cached activations; above it: fp16, then subsample
+    calib_set: int = 256  # images for per-filter activation statistics
+
+    def __post_init__(self) -> None:
+        _check(self.reward_set >= 10, "rollout.reward_set", "must be >= 10")
+        _check(self.batch_size >= 1, "rollout.batch_size", "must be >= 1")
+        _check(self.cache_mb > 0, "rollout.cache_mb", "must be > 0")
+        _check(self.calib_set >= 2, "rollout.calib_set", "must be >= 2")
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneConfig:
+    """The whole layer-by-layer search."""
+
+    seed: int = 0
+    order: str = "forward"  # unit order: "forward" | "reverse" | "macs" (largest share first)
+    exclude: tuple[str, ...] = ()  # module names never pruned (the classifier never is)
+    min_keep: float = 0.1  # per unit: >= 1 -> channel count, < 1 -> fraction of channels
+    finetune_steps: int = 100  # SGD steps after each unit
+    finetune_lr: float = 0.01
+    final_finetune_epochs: float = 1.0
+    batch_size: int = 128
+    weight_decay: float = 5e-4
+    latency_runs: int = 20
+    agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
+    reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
+    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.order in ("forward", "reverse", "macs"), "order", "forward|reverse|macs")
+        _check(self.min_keep > 0, "min_keep", f"must be > 0, got {self.min_keep}")
+        _check(self.finetune_steps >= 0, "finetune_steps", "must be >= 0")
+        _check(self.finetune_lr > 0, "finetune_lr", "must be > 0")
+        _check(self.final_finetune_epochs >= 0, "final_finetune_epochs", "must be >= 0")
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _check(self.latency_runs >= 3, "latency_runs", "must be >= 3")
+
+
+# --------------------------------------------------------------------------- (de)serialisation
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-type dict (tuples become lists) suitable for YAML/JSON."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            out[f.name] = config_to_dict(v)
+        elif isinstance(v, tuple):
+            out[f.name] = list(v)
+        else:
+            out[f.name] = v
+    return out
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [s for s in value.split(",") if s]
+        _check(isinstance(value, (list, tuple)), key, f"expected a list, got {value!r}")
+        return tuple(str(v) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if tp is bool:
+        _check(isinstance(value, bool), key, f"expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        _check(
+            isinstance(value, int) and not isinstance(value, bool), key, f"expected int: {value!r}"
+        )
+        return value
+    if tp is float:
+        _check(
+            isinstance(value, (int, float)) and not isinstance(value, bool),
+            key,
+            f"expected a number, got {value!r}",
+        )
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, str), key, f"expected a string, got {value!r}")
+        return value
+    return value
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
+    """Build a (nested) config dataclass from a dict; unknown keys raise :class:`ConfigError`."""
+    data = dict(data or {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix or '<root>'}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}'; valid keys: "
+            + ", ".join(f"{prefix}{n}" for n in sorted(names))
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            _check(isinstance(value, dict), prefix + name, "expected a mapping")
+            kwargs[name] = config_from_dict(tp, value, prefix + name + ".")  # type: ignore[arg-type]
+        else:
+            kwargs[name] = _coerce(value, tp, prefix + name)
+    return cls(**kwargs)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` strings (dotted keys, YAML-parsed values) to a nested dict copy."""
+    out = yaml.safe_load(yaml.safe_dump(data)) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config key '{key}': '{p}' is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
+) -> T:
+    """Load a config from an optional YAML file, then apply ``--set`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = loaded or {}
+    data = apply_overrides(data, overrides or [])
+    return config_from_dict(cls, data)

@@ -1,0 +1,224 @@
+"""The environment: the one module that connects surgery (:mod:`rlprune.pruning`) with
+decisions (:mod:`rlprune.agent`, :mod:`rlprune.reward`).
+
+For the unit being explored it builds the policy's state, scores sampled masks on the reward
+set (validation images only, never the test split) and turns accuracies and MACs into rewards.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rlprune.agent import feature_state, unit_statistics, weight_state
+from rlprune.config import PruneConfig
+from rlprune.pruning import (
+    MacModel,
+    Unit,
+    count_macs_params,
+    filter_l1,
+    find_units,
+    remove_channels,
+    resolve_min_keep,
+)
+from rlprune.reward import accuracy_reward, amc_reward, budget_reward
+from rlprune.rollouts import Scorer, accuracy_stderr, make_scorer
+
+__all__ = ["PruningEnv", "RolloutBatch", "uniform_macs", "unit_budget"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """The outcome of scoring K masks: ``[K]`` tensors."""
+
+    rewards: torch.Tensor
+    accs: torch.Tensor
+    macs: torch.Tensor
+    kept: torch.Tensor
+
+
+def uniform_macs(
+    model: nn.Module,
+    names: list[str],
+    ratio: float,
+    example_input: torch.Tensor,
+    min_keep: float,
+    exclude: tuple[str, ...] = (),
+) -> int:
+    """MACs of ``model`` if every unit in ``names`` kept ``ratio`` of its channels (by L1).
+
+    Computed exactly on a copy (torch-pruning's counter), units cut in order.
+    """
+    probe = copy.deepcopy(model).eval()
+    for name in names:
+        unit = next(u for u in find_units(probe, example_input, exclude) if u.name == name)
+        keep_n = max(resolve_min_keep(min_keep, unit.channels), round(ratio * unit.channels))
+        mask = torch.zeros(unit.channels)
+        mask[torch.topk(filter_l1(probe, unit), keep_n).indices] = 1
+        remove_channels(probe, unit, mask, example_input, min_keep)
+    return count_macs_params(probe, example_input)[0]
+
+
+def unit_budget(
+    model: nn.Module,
+    remaining: list[Unit],
+    target_macs: float,
+    example_input: torch.Tensor,
+    min_keep: float,
+    exclude: tuple[str, ...] = (),
+    iters: int = 12,
+) -> float:
+    """Keep ratio ``r`` such that cutting every remaining unit to ``r`` reaches ``target_macs``.
+
+    Spreads the remaining budget uniformly over the remaining units (bisection on exact MAC
+    counts); later units re-solve it from the model as it then is, so a unit that prunes more
+    than its share leaves more room for the rest. Returns the smallest ratio tried if the target
+    cannot be reached.
+    """
+    names = [u.name for u in remaining]
+    lo, hi = 0.0, 1.0
+    if uniform_macs(model, names, lo, example_input, min_keep, exclude) > target_macs:
+        log.warning(
+            "MAC target %.3g unreachable with min_keep; pruning as far as allowed", target_macs
+        )
+        return lo
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if uniform_macs(model, names, mid, example_input, min_keep, exclude) > target_macs:
+            hi = mid
+        else:
+            lo = mid
+    return lo
+
+
+class PruningEnv:
+    """One search's environment.
+
+    Args:
+        model: the live model (modified by :meth:`apply`).
+        reward_set: ``(x [N, C, H, W], y [N])`` validation images the rewards are scored on.
+        calib: ``(x, y)`` calibration batch for per-filter activation statistics.
+        example_input: ``[1, C, H, W]``.
+        cfg: the search config.
+        base_acc: unpruned accuracy (%) on the reward set.
+        base_macs: unpruned model MACs.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        reward_set: tuple[torch.Tensor, torch.Tensor],
+        calib: tuple[torch.Tensor, torch.Tensor],
+        example_input: torch.Tensor,
+        cfg: PruneConfig,
+        base_acc: float,
+        base_macs: int,
+    ) -> None:
+        self.model = model
+        self.reward_x, self.reward_y = reward_set
+        self.calib = calib
+        self.example = example_input
+        self.cfg = cfg
+        self.base_acc = base_acc
+        self.base_macs = base_macs
+        self.unit: Unit | None = None
+        self._scorer: Scorer | None = None
+        self.mac_model: MacModel | None = None
+        self.budget: float = 0.0
+
+    # ------------------------------------------------------------------ units and state
+    def units(self) -> list[Unit]:
+        """The prunable units of the model as it is now (forward order)."""
+        return find_units(self.model, self.example, self.cfg.exclude)
+
+    def begin(self, unit: Unit, order: list[str]) -> torch.Tensor:
+        """Prepare to explore ``unit``; returns the policy state ``[C, D]``.
+
+        Args:
+            unit: a unit of the current model.
+            order: names of all units in walk order (for the budget of the remaining ones).
+        """
+        self.end()
+        self.unit = unit
+        self.model.eval()
+        self.mac_model = MacModel.measure(self.model, unit, self.example)
+        macs_now = self.mac_model.total
+        if self.cfg.reward.mode != "accuracy":
+            target = self.cfg.reward.target_macs * self.base_macs
+            current = {u.name: u for u in self.units()}
+            remaining = [current[n] for n in order[order.index(unit.name) :] if n in current]
+            ratio = unit_budget(
+                self.model, remaining, target, self.example, self.cfg.min_keep, self.cfg.exclude
+            )
+            keep_n = max(
+                resolve_min_keep(self.cfg.min_keep, unit.channels), round(ratio * unit.channels)
+            )
+            self.budget = float(self.mac_model.macs(keep_n, unit.channels))
+            log.info(
+                "%s: budget keep ratio %.3f -> unit MAC budget %.4g", unit.name, ratio, self.budget
+            )
+        self._scorer = make_scorer(
+            self.model,
+            unit,
+            self.reward_x,
+            self.reward_y,
+            self.cfg.rollout.batch_size,
+            self.cfg.rollout.fast,
+            self.cfg.rollout.cache_mb,
+        )
+        if self.cfg.agent.state == "weights":
+            return weight_state(self.model, unit)
+        stats = unit_statistics(self.model, unit, *self.calib)
+        return feature_state(stats, unit, len(order), macs_now / self.base_macs)
+
+    def end(self) -> None:
+        """Release the current unit's hooks and cache."""
+        if self._scorer is not None:
+            self._scorer.close()
+            self._scorer = None
+
+    # ------------------------------------------------------------------ rollouts
+    def accuracy(self, mask: torch.Tensor) -> float:
+        """Reward-set accuracy (%) with ``mask`` on the current unit."""
+        assert self._scorer is not None, "call begin() first"
+        return self._scorer.accuracy(mask)
+
+    @property
+    def reward_set_size(self) -> int:
+        return self._scorer.n if self._scorer is not None else len(self.reward_y)
+
+    def stderr(self, acc: float) -> float:
+        """Standard error (pp) of an accuracy on the reward set: the noise the agent fights."""
+        return accuracy_stderr(acc, self.reward_set_size)
+
+    def score(self, masks: torch.Tensor) -> RolloutBatch:
+        """Accuracy, MACs and reward of each mask in ``masks [K, C]``."""
+        assert self.unit is not None and self.mac_model is not None
+        unit, rc = self.unit, self.cfg.reward
+        kept = masks.sum(dim=1)
+        accs = torch.tensor([self.accuracy(m) for m in masks], dtype=torch.float64)
+        macs = self.mac_model.macs(kept, unit.channels)
+        drop = self.base_acc - accs
+        if rc.mode == "accuracy":
+            if rc.efficiency == "filters":
+                rewards = accuracy_reward(drop, rc.b, kept, unit.channels)
+            else:
+                rewards = accuracy_reward(drop, rc.b, macs, self.mac_model.total)
+        elif rc.mode == "budget":
+            rewards = budget_reward(drop, macs, self.budget, rc.budget_penalty, rc.budget_bonus)
+        else:
+            rewards = amc_reward(accs, macs, self.budget, rc.budget_penalty)
+        return RolloutBatch(rewards.float(), accs.float(), macs, kept)
+
+    def apply(self, mask: torch.Tensor) -> list[int]:
+        """Physically remove the current unit's channels where ``mask`` is 0."""
+        assert self.unit is not None
+        unit = self.unit
+        self.end()
+        return remove_channels(self.model, unit, mask, self.example, self.cfg.min_keep)

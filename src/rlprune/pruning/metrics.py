@@ -1,0 +1,116 @@
+"""Exact measurement: MACs and params (torch-pruning's counter), latency, file size."""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from rlprune.pruning.surgery import remove_channels
+from rlprune.pruning.units import Unit
+
+__all__ = ["LatencyStats", "MacModel", "count_macs_params", "file_size", "measure_latency"]
+
+
+def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
+    """``(MACs, params)`` for one example (batch 1), counted by torch-pruning."""
+    was_training = model.training
+    model.eval()
+    macs, params = tp.utils.count_ops_and_params(model, example_input[:1])
+    model.train(was_training)
+    return int(macs), int(params)
+
+
+@dataclass(frozen=True)
+class MacModel:
+    """Exact MACs of the model as a function of the channels kept in one unit.
+
+    Every layer a unit touches has a cost linear in the unit's channel count (a conv's MACs are
+    ``out * in * k^2 * HW``, and a unit changes only one of ``out``/``in``; depthwise convs and
+    BNs are linear in ``C``), so two exact counts fix the line: the model as is, and the model
+    with one channel removed (on a copy).
+
+    Attributes:
+        total: model MACs with all channels of the unit kept.
+        per_channel: MACs saved per removed channel.
+    """
+
+    total: int
+    per_channel: float
+
+    @classmethod
+    def measure(cls, model: nn.Module, unit: Unit, example_input: torch.Tensor) -> MacModel:
+        total, _ = count_macs_params(model, example_input)
+        if unit.channels < 2:
+            return cls(total, 0.0)
+        probe = copy.deepcopy(model)
+        mask = torch.ones(unit.channels)
+        mask[0] = 0
+        remove_channels(probe, unit, mask, example_input)
+        less, _ = count_macs_params(probe, example_input)
+        return cls(total, float(total - less))
+
+    def macs(self, kept: int | torch.Tensor, channels: int) -> torch.Tensor:
+        """Model MACs when ``kept`` of ``channels`` are kept (works on tensors of counts)."""
+        k = torch.as_tensor(kept, dtype=torch.float64)
+        return self.total - self.per_channel * (channels - k)
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency summary in milliseconds over ``runs`` timed forward passes."""
+
+    batch: int
+    median_ms: float
+    iqr_ms: float
+    runs: int
+    threads: int
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@torch.inference_mode()
+def measure_latency(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    batch: int = 1,
+    runs: int = 30,
+    warmup: int = 5,
+    threads: int | None = None,
+) -> LatencyStats:
+    """Median and inter-quartile range of the forward time at ``batch``.
+
+    The thread count is fixed for the measurement (and restored afterwards) so that numbers
+    compare across models; warm-up runs let the allocator and oneDNN settle.
+    """
+    old = torch.get_num_threads()
+    n = threads or old
+    torch.set_num_threads(n)
+    try:
+        was_training = model.training
+        model.eval()
+        x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
+        for _ in range(warmup):
+            model(x)
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - t) * 1e3)
+        model.train(was_training)
+    finally:
+        torch.set_num_threads(old)
+    q = statistics.quantiles(times, n=4)
+    return LatencyStats(batch, statistics.median(times), q[2] - q[0], runs, n)
+
+
+def file_size(path: str | Path) -> int:
+    """Size of a file in bytes."""
+    return Path(path).stat().st_size

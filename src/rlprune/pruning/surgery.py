@@ -1,0 +1,72 @@
+"""Physical removal of a unit's channels through torch-pruning groups (real speed-up)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from rlprune.errors import PruningError
+from rlprune.pruning.units import Unit, build_graph, resolve_min_keep
+
+__all__ = ["filter_l1", "remove_channels"]
+
+log = logging.getLogger(__name__)
+
+
+def filter_l1(model: nn.Module, unit: Unit) -> torch.Tensor:
+    """L1 norm per channel summed over the unit's producer convs. Returns ``[channels]``."""
+    mods = dict(model.named_modules())
+    total = torch.zeros(unit.channels)
+    for n in unit.producers:
+        m = mods[n]
+        if isinstance(m, nn.Conv2d):
+            total += m.weight.detach().abs().flatten(1).sum(1).cpu()
+    return total
+
+
+def remove_channels(
+    model: nn.Module,
+    unit: Unit,
+    keep_mask: torch.Tensor,
+    example_input: torch.Tensor,
+    min_keep: float = 1,
+) -> list[int]:
+    """Cut the channels of ``unit`` where ``keep_mask`` is 0, in place, via torch-pruning.
+
+    Guard: if the mask keeps fewer than ``min_keep`` channels (a count if >= 1, else a fraction),
+    the channels with the largest filter L1 norm among the pruned ones are kept back, so a layer
+    is never emptied.
+
+    Args:
+        model: the live model; modified in place.
+        unit: a unit of ``model`` as it is now.
+        keep_mask: ``[unit.channels]`` 0/1 (or bool).
+        example_input: ``[1, C, H, W]`` for tracing.
+        min_keep: see above.
+
+    Returns:
+        The kept channel indices (ascending, in the unit's current numbering).
+    """
+    keep = keep_mask.detach().reshape(-1).bool().cpu()
+    if keep.numel() != unit.channels:
+        raise PruningError(f"mask for {unit.name} has {keep.numel()} entries, not {unit.channels}")
+    need = resolve_min_keep(min_keep, unit.channels)
+    if int(keep.sum()) < need:
+        l1 = filter_l1(model, unit).masked_fill(keep, float("-inf"))
+        extra = torch.topk(l1, need - int(keep.sum())).indices
+        keep[extra] = True
+        log.warning("%s: mask kept too few channels; min_keep guard kept %d", unit.name, need)
+    pruned = torch.nonzero(~keep).flatten().tolist()
+    kept = torch.nonzero(keep).flatten().tolist()
+    if not pruned:
+        return kept
+    dg = build_graph(model, example_input)
+    root = dict(model.named_modules())[unit.name]
+    group = dg.get_pruning_group(root, tp.prune_conv_out_channels, idxs=pruned)
+    if not dg.check_pruning_group(group):
+        raise PruningError(f"torch-pruning refused to prune {unit.name} to {len(kept)} channels")
+    group.prune()
+    return kept

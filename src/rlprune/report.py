@@ -1,0 +1,156 @@
+"""``report.md`` and PNG plots from a run folder's ``report.json`` (``rlprune report RUN``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from rlprune.checkpoint import atomic_write  # noqa: E402
+from rlprune.errors import RlpruneError  # noqa: E402
+
+__all__ = ["before_after_table", "write_report"]
+
+
+def _fmt(v: Any, kind: str) -> str:
+    if v is None:
+        return "—"
+    if kind == "pct":
+        return f"{v:.2f}%"
+    if kind == "M":
+        return f"{v / 1e6:.2f}M"
+    if kind == "k":
+        return f"{v / 1e3:.1f}k"
+    if kind == "ms":
+        return f"{v:.2f} ms"
+    if kind == "KiB":
+        return f"{v / 1024:.0f} KiB"
+    return str(v)
+
+
+ROWS = [
+    ("test accuracy", "test_acc", "pct"),
+    ("val accuracy", "val_acc", "pct"),
+    ("MACs", "macs", "M"),
+    ("params", "params", "k"),
+    ("latency batch 1", "latency_b1_ms", "ms"),
+    ("latency batch 64", "latency_b64_ms", "ms"),
+    ("file size", "file_bytes", "KiB"),
+]
+
+
+def before_after_table(base: dict[str, Any], pruned: dict[str, Any]) -> str:
+    """Markdown table of baseline vs pruned measurements with ratios."""
+    lines = ["| | baseline | pruned | change |", "|---|---:|---:|---:|"]
+    for label, key, kind in ROWS:
+        b, p = base.get(key), pruned.get(key)
+        if b is None and p is None:
+            continue
+        if kind == "pct" and b is not None and p is not None:
+            change = f"{p - b:+.2f} pp"
+        elif b and p:
+            change = f"{b / p:.2f}x smaller" if p <= b else f"{p / b:.2f}x larger"
+        else:
+            change = "—"
+        lines.append(f"| {label} | {_fmt(b, kind)} | {_fmt(p, kind)} | {change} |")
+    return "\n".join(lines)
+
+
+def _plots(root: Path, units: list[dict[str, Any]], base: dict[str, Any]) -> list[str]:
+    names = [u["unit"] for u in units]
+    idx = list(range(len(units)))
+    files = []
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for u in units:
+        ax.plot(u["reward_curve"], label=u["unit"], marker=".")
+    ax.set_xlabel("policy update")
+    ax.set_ylabel("mean reward of the K masks")
+    ax.set_title("Reward per update, per unit")
+    if len(units) <= 12:
+        ax.legend(fontsize=6)
+    files.append("reward_curves.png")
+    fig.tight_layout()
+    fig.savefig(root / files[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar([i - 0.2 for i in idx], [u["channels_before"] for u in units], 0.4, label="before")
+    ax.bar([i + 0.2 for i in idx], [u["channels_after"] for u in units], 0.4, label="after")
+    ax.set_xticks(idx, names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("filters")
+    ax.set_title("Filters per unit")
+    ax.legend()
+    files.append("filters.png")
+    fig.tight_layout()
+    fig.savefig(root / files[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(idx, [u["channels_after"] / u["channels_before"] for u in units])
+    ax.set_xticks(idx, names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("keep ratio")
+    ax.set_title("Keep ratio per unit")
+    files.append("keep_ratio.png")
+    fig.tight_layout()
+    fig.savefig(root / files[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax1 = plt.subplots(figsize=(7, 4))
+    steps = [0, *[i + 1 for i in idx]]
+    ax1.plot(steps, [base["val_acc"], *[u["val_acc"] for u in units]], "o-", color="C0")
+    ax1.set_ylabel("val accuracy (%) after fine-tune", color="C0")
+    ax1.set_xlabel("units pruned")
+    ax2 = ax1.twinx()
+    ax2.plot(steps, [1.0, *[u["macs"] / base["macs"] for u in units]], "s--", color="C1")
+    ax2.set_ylabel("MACs / baseline", color="C1")
+    ax1.set_title("Accuracy and MACs along the walk")
+    files.append("walk.png")
+    fig.tight_layout()
+    fig.savefig(root / files[-1], dpi=110)
+    plt.close(fig)
+    return files
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """(Re)generate ``report.md`` and the plots from ``report.json``."""
+    root = Path(run_dir)
+    path = root / "report.json"
+    if not path.is_file():
+        raise RlpruneError(f"{root} has no report.json (is it a finished rlprune prune run?)")
+    try:
+        rep = json.loads(path.read_text())
+        base, pruned, units = rep["baseline"], rep["pruned"], rep["units"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise RlpruneError(f"{path} is not a valid rlprune report ({e})") from e
+    plots = _plots(root, units, base)
+    mode = rep["config"]["reward"]["mode"]
+    lines = [
+        "# rlprune report",
+        "",
+        f"Model: `{(rep.get('model') or {}).get('name', 'custom')}`, mode: **{mode}**, "
+        f"units: {len(units)}.",
+        "",
+        before_after_table(base, pruned),
+        "",
+        "## Per unit",
+        "",
+        "| # | unit | filters | chosen | reward | rollout acc | val acc after FT | MACs |",
+        "|---:|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for i, u in enumerate(units):
+        acc = "—" if u["rollout_acc"] is None else f"{u['rollout_acc']:.2f}%"
+        lines.append(
+            f"| {i} | `{u['unit']}` | {u['channels_before']} → {u['channels_after']} | "
+            f"{u['chosen']} | {u['reward']:.3f} | {acc} | {u['val_acc']:.2f}% | "
+            f"{u['macs'] / base['macs']:.1%} |"
+        )
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    text = "\n".join(lines) + "\n"
+    return atomic_write(root / "report.md", lambda f: f.write(text), mode="w")

@@ -1,0 +1,320 @@
+"""Scoring rollouts: the accuracy of the model with a unit masked (issue 5).
+
+Three scorers give the same accuracies for the same mask:
+
+* :class:`NaiveScorer` copies the model, cuts the channels physically and runs the whole net
+  (the reference; slow).
+* :class:`MaskedScorer` masks the live model with forward hooks and runs the whole net.
+* :class:`PrefixScorer` runs everything that does not depend on the mask ONCE, caches the
+  activations at the frontier, and per rollout runs only the suffix. The model is traced with
+  ``torch.fx``; each node is classified as
+
+  - CLEAN: independent of the mask (cacheable as is),
+  - PRE:   equal to ``mask * v`` with ``v`` independent of the mask (cache ``v``, multiply the
+    mask in at the start of the suffix). Producers of the unit whose inputs are clean are PRE;
+    so are zero-preserving per-channel ops (ReLU, pooling, identity) and sums of PRE values,
+    since ``relu(m*v) = m*relu(v)`` and ``m*a + m*b = m*(a+b)`` for 0/1 channel masks. This
+    pushes the cut past the unit's own conv, BN and ReLU, and past a residual stream,
+  - DIRTY: everything else (run per rollout; later producers keep their mask hooks).
+
+Memory: the cache is capped by ``cache_mb``; above the cap it is stored in fp16 (not exact any
+more) and, if still too large, the reward set is subsampled; a log line says which.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import operator
+from typing import Protocol
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from rlprune.pruning import Unit, UnitMask, remove_channels
+
+__all__ = [
+    "MaskedScorer",
+    "NaiveScorer",
+    "PrefixScorer",
+    "Scorer",
+    "accuracy_stderr",
+    "make_scorer",
+]
+
+log = logging.getLogger(__name__)
+
+_ZERO_PRESERVING = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Identity,
+    nn.Dropout,
+)
+_ZERO_PRESERVING_FN = {
+    F.relu,
+    torch.relu,
+    F.relu6,
+    F.max_pool2d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool2d,
+}
+_ZERO_PRESERVING_METHOD = {"relu", "relu_"}
+_ADD = {operator.add, operator.iadd, torch.add}
+CLEAN, PRE, DIRTY = 0, 1, 2
+
+
+def accuracy_stderr(acc_pct: float, n: int) -> float:
+    """Binomial standard error (pp) of an accuracy measured on ``n`` images."""
+    p = acc_pct / 100.0
+    return 100.0 * math.sqrt(max(p * (1 - p), 0.0) / max(1, n))
+
+
+class Scorer(Protocol):
+    """Scores masks of one unit on a fixed reward set."""
+
+    n: int
+
+    def accuracy(self, mask: torch.Tensor) -> float:
+        """Top-1 accuracy (%) with ``mask [C]`` applied."""
+        ...
+
+    def close(self) -> None:
+        """Release hooks and caches."""
+        ...
+
+
+def _count_correct(logits: torch.Tensor, y: torch.Tensor) -> int:
+    return int((logits.argmax(1) == y).sum())
+
+
+class NaiveScorer:
+    """Reference: deepcopy, physical cut, full forward, per mask."""
+
+    def __init__(
+        self, model: nn.Module, unit: Unit, x: torch.Tensor, y: torch.Tensor, batch_size: int
+    ) -> None:
+        self.model, self.unit, self.x, self.y, self.bs = model, unit, x, y, batch_size
+        self.n = len(y)
+
+    @torch.inference_mode(False)
+    def logits(self, mask: torch.Tensor) -> torch.Tensor:
+        pruned = copy.deepcopy(self.model).eval()
+        remove_channels(pruned, self.unit, mask, self.x[:1])
+        with torch.inference_mode():
+            return torch.cat([pruned(self.x[i : i + self.bs]) for i in range(0, self.n, self.bs)])
+
+    def accuracy(self, mask: torch.Tensor) -> float:
+        return 100.0 * _count_correct(self.logits(mask), self.y) / self.n
+
+    def close(self) -> None:
+        pass
+
+
+class MaskedScorer:
+    """Live model + mask hooks + full forward (fallback for untraceable models)."""
+
+    def __init__(
+        self, model: nn.Module, unit: Unit, x: torch.Tensor, y: torch.Tensor, batch_size: int
+    ) -> None:
+        self.model, self.x, self.y, self.bs = model.eval(), x, y, batch_size
+        self.n = len(y)
+        self.mask = UnitMask(model, unit)
+
+    @torch.inference_mode()
+    def logits(self, mask: torch.Tensor) -> torch.Tensor:
+        self.mask.set(mask)
+        try:
+            return torch.cat(
+                [self.model(self.x[i : i + self.bs]) for i in range(0, self.n, self.bs)]
+            )
+        finally:
+            self.mask.set(None)
+
+    def accuracy(self, mask: torch.Tensor) -> float:
+        return 100.0 * _count_correct(self.logits(mask), self.y) / self.n
+
+    def close(self) -> None:
+        self.mask.remove()
+
+
+def _classify(gm: fx.GraphModule, producers: set[str]) -> dict[fx.Node, int]:
+    """CLEAN / PRE / DIRTY status of every node (see module docstring)."""
+    mods = dict(gm.named_modules())
+    status: dict[fx.Node, int] = {}
+    for node in gm.graph.nodes:
+        ins = [status[a] for a in node.all_input_nodes]
+        worst = max(ins, default=CLEAN)
+        if node.op in ("placeholder", "get_attr"):
+            s = CLEAN
+        elif node.op == "call_module":
+            mod = mods[str(node.target)]
+            per_channel = isinstance(mod, (*_ZERO_PRESERVING, nn.BatchNorm2d)) or (
+                isinstance(mod, nn.Conv2d) and mod.groups == mod.in_channels == mod.out_channels
+            )
+            if node.target in producers:
+                s = PRE if worst == CLEAN or (worst == PRE and per_channel) else DIRTY
+            elif worst == CLEAN:
+                s = CLEAN
+            else:
+                s = PRE if worst == PRE and isinstance(mod, _ZERO_PRESERVING) else DIRTY
+        elif node.op in ("call_function", "call_method"):
+            zero_pres = (node.op == "call_function" and node.target in _ZERO_PRESERVING_FN) or (
+                node.op == "call_method" and node.target in _ZERO_PRESERVING_METHOD
+            )
+            if worst == CLEAN:
+                s = CLEAN
+            elif (
+                zero_pres
+                and len(ins) == 1
+                or node.op == "call_function"
+                and node.target in _ADD
+                and all(i == PRE for i in ins)
+            ):
+                s = PRE
+            else:
+                s = DIRTY
+        else:  # output
+            s = DIRTY
+        status[node] = s
+    return status
+
+
+def _apply_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return x * mask.view(1, -1, *([1] * (x.dim() - 2))).to(x.dtype)
+
+
+def split_at_frontier(
+    model: nn.Module, unit: Unit
+) -> tuple[fx.GraphModule, fx.GraphModule, list[bool]]:
+    """Split ``model`` into a mask-independent prefix and a per-rollout suffix.
+
+    Returns:
+        ``(prefix, suffix, is_pre)``: ``prefix(x) -> tuple of frontier values``;
+        ``suffix(mask, *frontier) -> logits``; ``is_pre[i]`` tells whether frontier value i
+        gets the mask multiplied in.
+    """
+    gm = fx.symbolic_trace(model)
+    status = _classify(gm, set(unit.producers))
+    frontier = [
+        n for n in gm.graph.nodes if status[n] != DIRTY and any(status[u] == DIRTY for u in n.users)
+    ]
+    # Prefix graph: all non-dirty nodes, returning the frontier.
+    pre_graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for n in gm.graph.nodes:
+        if status[n] != DIRTY and n.op != "output":
+            env[n] = pre_graph.node_copy(n, lambda a: env[a])
+    pre_graph.output(tuple(env[n] for n in frontier))
+    # Suffix graph: mask + frontier placeholders, then every dirty node.
+    suf_graph = fx.Graph()
+    mask = suf_graph.placeholder("mask")
+    senv: dict[fx.Node, fx.Node] = {}
+    for i, n in enumerate(frontier):
+        ph = suf_graph.placeholder(f"frontier_{i}")
+        senv[n] = suf_graph.call_function(_apply_mask, (ph, mask)) if status[n] == PRE else ph
+    for n in gm.graph.nodes:
+        if status[n] == DIRTY:
+            senv[n] = suf_graph.node_copy(n, lambda a: senv[a])
+    prefix, suffix = fx.GraphModule(gm, pre_graph), fx.GraphModule(gm, suf_graph)
+    return prefix, suffix, [status[n] == PRE for n in frontier]
+
+
+class PrefixScorer:
+    """Prefix cache + suffix-only evaluation (exact; see module docstring).
+
+    Args:
+        model: the live model (eval mode; not copied). Hooks for the unit's later producers are
+            installed on it until :meth:`close`.
+        unit: the unit being explored.
+        x: ``[N, C, H, W]`` reward images; y: ``[N]`` labels.
+        batch_size: suffix batch size.
+        cache_mb: memory cap of the cached activations.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        unit: Unit,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        cache_mb: float = 512.0,
+    ) -> None:
+        model.eval()
+        self.prefix, self.suffix, self.is_pre = split_at_frontier(model, unit)
+        self.mask = UnitMask(model, unit)  # producers that sit in the suffix
+        self.bs = batch_size
+        with torch.inference_mode():
+            parts = [self.prefix(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        self.cache = [torch.cat([p[j] for p in parts]) for j in range(len(self.is_pre))]
+        self.y = y
+        self.exact = True
+        self._cap(cache_mb)
+        self.n = len(self.y)
+
+    @property
+    def cache_mb(self) -> float:
+        """Memory held by the cached activations, in MiB."""
+        return sum(t.numel() * t.element_size() for t in self.cache) / 2**20
+
+    def _cap(self, cap_mb: float) -> None:
+        size = self.cache_mb
+        if size <= cap_mb:
+            log.debug("prefix cache %.1f MiB (cap %.0f)", size, cap_mb)
+            return
+        self.cache = [t.half() if t.is_floating_point() else t for t in self.cache]
+        self.exact = False
+        log.info("prefix cache %.1f MiB > cap %.0f MiB: stored in fp16", size, cap_mb)
+        if self.cache_mb > cap_mb:
+            keep = max(10, int(len(self.y) * cap_mb / self.cache_mb))
+            self.cache = [t[:keep] for t in self.cache]
+            self.y = self.y[:keep]
+            log.info("prefix cache still over the cap: reward set subsampled to %d images", keep)
+
+    @torch.inference_mode()
+    def logits(self, mask: torch.Tensor) -> torch.Tensor:
+        m = mask.detach().float().reshape(-1)
+        self.mask.set(m)
+        try:
+            out = []
+            for i in range(0, len(self.y), self.bs):
+                vals = [t[i : i + self.bs].float() for t in self.cache]
+                out.append(self.suffix(m, *vals))
+            return torch.cat(out)
+        finally:
+            self.mask.set(None)
+
+    def accuracy(self, mask: torch.Tensor) -> float:
+        return 100.0 * _count_correct(self.logits(mask), self.y) / self.n
+
+    def close(self) -> None:
+        self.mask.remove()
+        self.cache = []
+
+
+def make_scorer(
+    model: nn.Module,
+    unit: Unit,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    fast: bool = True,
+    cache_mb: float = 512.0,
+) -> Scorer:
+    """The fast scorer when the model traces with ``torch.fx``, else the masked fallback."""
+    if fast:
+        try:
+            return PrefixScorer(model, unit, x, y, batch_size, cache_mb)
+        except Exception as e:  # fx raises many types on dynamic control flow
+            log.warning(
+                "torch.fx cannot trace the model (%s); scoring with full forward passes",
+                type(e).__name__,
+            )
+    return MaskedScorer(model, unit, x, y, batch_size)
