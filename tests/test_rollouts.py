@@ -1,0 +1,126 @@
+"""The fast path (prefix cache + suffix) returns exactly the naive path's accuracy."""
+
+import logging
+
+import pytest
+import torch
+
+from rlprune.models import build_model
+from rlprune.pruning import UnitMask, find_units
+from rlprune.rollouts import (
+    MaskedScorer,
+    NaiveScorer,
+    PrefixScorer,
+    accuracy_stderr,
+    make_scorer,
+    split_at_frontier,
+)
+
+
+def _randomised(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_model(name, 1, 10, 16, width=0.5).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    return model
+
+
+@pytest.mark.parametrize("name", ["vgg-small", "resnet20", "mobilenetv2-small"])
+def test_fast_path_matches_naive_path_on_every_unit(name: str) -> None:
+    model = _randomised(name)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(96, 1, 16, 16, generator=g)
+    # Labels from the unpruned model, so accuracies are far from 0 and masks change them.
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    for unit in find_units(model, x[:1]):
+        mask = (torch.rand(unit.channels, generator=g) > 0.4).float()
+        mask[0] = 1
+        naive = NaiveScorer(model, unit, x, y, 32)
+        fast = PrefixScorer(model, unit, x, y, 32)
+        try:
+            a, b = naive.logits(mask), fast.logits(mask)
+            assert torch.allclose(a, b, atol=1e-5), unit.name
+            assert naive.accuracy(mask) == fast.accuracy(mask), unit.name
+        finally:
+            fast.close()
+    # Hooks are gone: the model is exactly as before.
+    with torch.no_grad():
+        assert torch.equal(model(x).argmax(1), y)
+
+
+def test_prefix_cut_skips_the_units_own_layers() -> None:
+    """For a plain conv unit the cached frontier is the post-ReLU map (conv+BN+ReLU skipped)."""
+    model = _randomised("vgg-small")
+    unit = find_units(model, torch.zeros(1, 1, 16, 16))[3]
+    prefix, _suffix, is_pre = split_at_frontier(model, unit)
+    (out,) = prefix(torch.zeros(2, 1, 16, 16))
+    assert is_pre == [True]
+    # the frontier is after the max-pool that follows features.10's ReLU (8x8 -> 4x4)
+    assert unit.name == "features.10"
+    assert out.shape == (2, unit.channels, 4, 4)
+
+
+def test_masked_scorer_and_fallback_agree() -> None:
+    model = _randomised("resnet20")
+    x = torch.randn(40, 1, 16, 16)
+    y = torch.randint(0, 10, (40,))
+    unit = find_units(model, x[:1])[0]
+    mask = torch.ones(unit.channels)
+    mask[::2] = 0
+    masked = MaskedScorer(model, unit, x, y, 16)
+    fast = make_scorer(model, unit, x, y, 16, fast=True)
+    assert isinstance(fast, PrefixScorer)
+    assert masked.accuracy(mask) == fast.accuracy(mask)
+    masked.close()
+    fast.close()
+
+
+def test_cache_cap_uses_fp16_then_subsamples(caplog) -> None:
+    caplog.set_level(logging.INFO)
+    model = _randomised("vgg-small")
+    x = torch.randn(200, 1, 16, 16)
+    y = torch.randint(0, 10, (200,))
+    unit = find_units(model, x[:1])[1]
+    full = PrefixScorer(model, unit, x, y, 50)
+    size = full.cache_mb
+    full.close()
+    half = PrefixScorer(model, unit, x, y, 50, cache_mb=size * 0.6)
+    assert not half.exact and half.n == 200 and "fp16" in caplog.text
+    half.close()
+    tiny = PrefixScorer(model, unit, x, y, 50, cache_mb=size * 0.2)
+    assert tiny.n < 200 and tiny.cache_mb <= size * 0.2 + 1e-6 and "subsampled" in caplog.text
+    tiny.close()
+
+
+def test_untraceable_model_falls_back(caplog) -> None:
+    class Dynamic(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(4)
+            self.classifier = torch.nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.bn(self.conv(x)).relu()
+            if h.sum() > 0:  # data-dependent control flow: fx cannot trace this
+                h = h * 1.0
+            return self.classifier(h.mean((2, 3)))
+
+    model = Dynamic().eval()
+    x = torch.randn(8, 1, 8, 8)
+    unit = find_units(model, x[:1])[0]
+    scorer = make_scorer(model, unit, x, torch.zeros(8, dtype=torch.long), 4)
+    assert isinstance(scorer, MaskedScorer) and "cannot trace" in caplog.text
+    with UnitMask(model, unit):
+        pass
+    scorer.close()
+
+
+def test_stderr_binomial() -> None:
+    assert accuracy_stderr(50.0, 100) == pytest.approx(5.0)
+    assert accuracy_stderr(100.0, 100) == 0.0
