@@ -65,6 +65,20 @@ def test_prefix_cut_skips_the_units_own_layers() -> None:
     assert out.shape == (2, unit.channels, 4, 4)
 
 
+def test_batched_scoring_equals_one_by_one() -> None:
+    model = _randomised("resnet20")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(70, 1, 16, 16, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    for unit in find_units(model, x[:1])[:4]:
+        masks = (torch.rand(5, unit.channels, generator=g) > 0.5).float()
+        fast = PrefixScorer(model, unit, x, y, 32)
+        one_by_one = torch.tensor([fast.accuracy(m) for m in masks], dtype=torch.float64)
+        assert torch.equal(fast.accuracies(masks), one_by_one), unit.name
+        fast.close()
+
+
 def test_masked_scorer_and_fallback_agree() -> None:
     model = _randomised("resnet20")
     x = torch.randn(40, 1, 16, 16)

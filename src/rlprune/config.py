@@ -65,17 +65,18 @@ class AgentConfig:
 
     state: str = "features"  # "features" (per-filter statistics) or "weights" (Huang et al.)
     hidden: int = 64
-    lr: float = 0.03
-    samples: int = 8  # K masks per policy update
-    updates: int = 10  # U policy updates per unit (upper bound; early stop may end sooner)
-    entropy_coef: float = 0.01
+    lr: float = 0.05
+    samples: int = 12  # K masks per policy update
+    updates: int = 12  # U policy updates per unit (upper bound; early stop may end sooner)
+    entropy_coef: float = 0.02
     baseline: str = "batch-mean"  # or "moving-average"
     baseline_momentum: float = 0.9
     normalize_advantage: bool = True
     grad_clip: float = 1.0
-    init_keep: float = 0.85  # initial keep probability (bias of the output layer)
-    patience: int = 4  # updates without a new best reward before stopping
-    min_entropy: float = 0.05  # mean per-filter Bernoulli entropy (nats) that counts as converged
+    init_keep: float = 0.7  # initial keep probability (bias of the output layer)
+    patience: int = 5  # updates without a new best reward before stopping (and the minimum)
+    min_entropy: float = 0.02  # mean per-filter Bernoulli entropy (nats) that counts as converged
+    prior: float = 1.0  # scale of the importance prior (features state); 0 = none
 
     def __post_init__(self) -> None:
         _check(self.state in ("features", "weights"), "agent.state", "features | weights")
@@ -94,6 +95,7 @@ class AgentConfig:
         _check(0 < self.init_keep < 1, "agent.init_keep", "must be in (0, 1)")
         _check(self.patience >= 1, "agent.patience", "must be >= 1")
         _check(self.min_entropy >= 0, "agent.min_entropy", "must be >= 0")
+        _check(self.prior >= 0, "agent.prior", "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +149,7 @@ class RolloutConfig:
     fast: bool = True  # prefix cache + suffix-only evaluation (exact; falls back if untraceable)
     cache_mb: float = 512.0  # cap on cached activations; above it: fp16, then subsample
     calib_set: int = 256  # images for per-filter activation statistics
+    batched: bool = False  # score the K masks of an update in one pass (see bench/rollouts.py)
 
     def __post_init__(self) -> None:
         _check(self.reward_set >= 10, "rollout.reward_set", "must be >= 10")

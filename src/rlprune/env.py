@@ -26,7 +26,7 @@ from rlprune.pruning import (
     resolve_min_keep,
 )
 from rlprune.reward import accuracy_reward, amc_reward, budget_reward
-from rlprune.rollouts import Scorer, accuracy_stderr, make_scorer
+from rlprune.rollouts import PrefixScorer, Scorer, accuracy_stderr, make_scorer
 
 __all__ = ["PruningEnv", "RolloutBatch", "uniform_macs", "unit_budget"]
 
@@ -202,7 +202,11 @@ class PruningEnv:
         assert self.unit is not None and self.mac_model is not None
         unit, rc = self.unit, self.cfg.reward
         kept = masks.sum(dim=1)
-        accs = torch.tensor([self.accuracy(m) for m in masks], dtype=torch.float64)
+        scorer = self._scorer
+        if self.cfg.rollout.batched and isinstance(scorer, PrefixScorer) and len(masks) > 1:
+            accs = scorer.accuracies(masks)
+        else:
+            accs = torch.tensor([self.accuracy(m) for m in masks], dtype=torch.float64)
         macs = self.mac_model.macs(kept, unit.channels)
         drop = self.base_acc - accs
         if rc.mode == "accuracy":

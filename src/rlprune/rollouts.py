@@ -187,7 +187,9 @@ def _classify(gm: fx.GraphModule, producers: set[str]) -> dict[fx.Node, int]:
 
 
 def _apply_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return x * mask.view(1, -1, *([1] * (x.dim() - 2))).to(x.dtype)
+    """``mask [C]`` (whole batch) or ``[B, C]`` (per sample) times ``x [B, C, ...]``."""
+    rows = mask.shape[0] if mask.dim() == 2 else 1
+    return x * mask.view(rows, -1, *([1] * (x.dim() - 2))).to(x.dtype)
 
 
 def split_at_frontier(
@@ -293,6 +295,30 @@ class PrefixScorer:
 
     def accuracy(self, mask: torch.Tensor) -> float:
         return 100.0 * _count_correct(self.logits(mask), self.y) / self.n
+
+    @torch.inference_mode()
+    def accuracies(self, masks: torch.Tensor) -> torch.Tensor:
+        """Accuracies ``[K]`` of ``masks [K, C]`` scored together (batched scoring).
+
+        Each cached batch is repeated K times with a per-sample mask, so one suffix pass
+        scores all K masks: fewer, larger matrix products (pays off for small late layers).
+        """
+        k = masks.shape[0]
+        masks = masks.detach().float()
+        correct = torch.zeros(k, dtype=torch.long)
+        step = max(1, self.bs // k)
+        try:
+            for i in range(0, len(self.y), step):
+                vals = [t[i : i + step].float() for t in self.cache]
+                b = vals[0].shape[0]
+                rows = masks.repeat_interleave(b, dim=0)  # [K*b, C]
+                self.mask.set(rows)
+                rep = [v.repeat(k, *([1] * (v.dim() - 1))) for v in vals]
+                pred = self.suffix(rows, *rep).argmax(1).view(k, b)
+                correct += (pred == self.y[i : i + step].view(1, -1)).sum(1)
+        finally:
+            self.mask.set(None)
+        return 100.0 * correct.double() / self.n
 
     def close(self) -> None:
         self.mask.remove()

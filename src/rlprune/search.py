@@ -134,6 +134,8 @@ def prune(
         state = env.begin(unit, order)
         if cfg.agent.state == "weights":
             agent.reset(state.shape[1], seed=_seed(cfg.seed, u_idx))
+        else:
+            agent.new_unit()
 
         # -- agent training: K sampled masks per update, U updates (early stop) ------------
         prog: dict[str, Any] = {
@@ -178,8 +180,10 @@ def prune(
             prog["curve"].append(stats.reward_mean)
             prog["max_curve"].append(stats.reward_max)
             prog["update"] = upd + 1
-            prog["stopped"] = stats.entropy < cfg.agent.min_entropy or (
-                prog["since_best"] >= cfg.agent.patience
+            # Early stop (never before `patience` updates of this unit): converged policy or
+            # reward plateau.
+            prog["stopped"] = prog["update"] >= cfg.agent.patience and (
+                stats.entropy < cfg.agent.min_entropy or prog["since_best"] >= cfg.agent.patience
             )
             run.log_metrics(
                 {

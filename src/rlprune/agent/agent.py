@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from rlprune.agent.features import FEATURE_DIM, IMPORTANCE_PRIOR
 from rlprune.agent.policy import PolicyNetwork
 from rlprune.agent.reinforce import (
     PolicyStats,
@@ -41,10 +42,18 @@ class Agent:
         """A new policy and optimiser (and no baseline) for a state of width ``in_dim``."""
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(self.seed if seed is None else seed)
-        self.policy = PolicyNetwork(in_dim, self.cfg.hidden, self.cfg.init_keep)
+        prior = None
+        if in_dim == FEATURE_DIM and self.cfg.prior > 0:
+            prior = self.cfg.prior * torch.tensor(IMPORTANCE_PRIOR)
+        self.policy = PolicyNetwork(in_dim, self.cfg.hidden, self.cfg.init_keep, prior)
         torch.random.set_rng_state(gen_state)
         self.opt = torch.optim.Adam(self.policy.parameters(), lr=self.cfg.lr)
         self.baseline: float | None = None
+
+    def new_unit(self) -> None:
+        """Start a unit: the shared policy keeps its weights, the keep level restarts."""
+        self.policy.reset_level()
+        self.baseline = None
 
     @torch.no_grad()
     def probs(self, state: torch.Tensor) -> torch.Tensor:

@@ -24,11 +24,14 @@ from torch import nn
 
 from rlprune.pruning import Unit
 
-__all__ = ["FEATURE_DIM", "feature_state", "unit_statistics", "weight_state"]
+__all__ = ["FEATURE_DIM", "IMPORTANCE_PRIOR", "feature_state", "unit_statistics", "weight_state"]
 
 FILTER_FEATURES = 6
 CONTEXT_FEATURES = 4
 FEATURE_DIM = FILTER_FEATURES + CONTEXT_FEATURES
+# Importance prior over the z-scored filter columns (L1, L2, |gamma|, act, APoZ, Taylor):
+# larger norms, scales, activations and Taylor scores -> keep; many zeros -> prune.
+IMPORTANCE_PRIOR = (0.5, 0.0, 0.5, 0.5, -0.5, 1.0)
 
 
 def _zscore(x: torch.Tensor) -> torch.Tensor:

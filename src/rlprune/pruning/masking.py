@@ -40,14 +40,18 @@ class UnitMask:
     ) -> torch.Tensor | None:
         if self._mask is None:
             return None
-        view = self._mask.view(1, -1, *([1] * (out.dim() - 2))).to(out.dtype)
+        # [C] -> one mask for the whole batch; [B, C] -> one mask per sample (batched scoring)
+        rows = self._mask.shape[0] if self._mask.dim() == 2 else 1
+        view = self._mask.view(rows, -1, *([1] * (out.dim() - 2))).to(out.dtype)
         return out * view
 
     def set(self, mask: torch.Tensor | None) -> None:
-        """Install ``mask`` (``[channels]``, 1 = keep) or None for no masking."""
-        if mask is not None and mask.numel() != self.unit.channels:
-            raise ValueError(f"mask has {mask.numel()} entries, unit has {self.unit.channels}")
-        self._mask = None if mask is None else mask.detach().float().reshape(-1)
+        """Install ``mask`` (``[C]``, or ``[B, C]`` per sample; 1 = keep), or None to disable."""
+        if mask is not None and mask.shape[-1] != self.unit.channels:
+            raise ValueError(f"mask has {mask.shape[-1]} channels, unit has {self.unit.channels}")
+        if mask is not None and mask.dim() not in (1, 2):
+            raise ValueError(f"mask must be [C] or [B, C], got shape {tuple(mask.shape)}")
+        self._mask = None if mask is None else mask.detach().float()
 
     def remove(self) -> None:
         """Remove the hooks; the model is exactly as before."""
