@@ -68,6 +68,6 @@ def test_malformed_yaml_and_set() -> None:
         config_from_dict(AgentConfig, {"hidden": True})
 
 
-def test_tolerance_auto_is_twice_the_bound() -> None:
-    assert RewardConfig(max_acc_drop=0.5).b == 1.0
+def test_tolerance_auto_is_four_times_the_bound() -> None:
+    assert RewardConfig(max_acc_drop=0.5).b == 2.0
     assert RewardConfig(max_acc_drop=0.5, tolerance=3.0).b == 3.0

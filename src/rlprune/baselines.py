@@ -152,17 +152,15 @@ def _unit_scores(
             else:
                 out[u.name] = torch.stack(gammas).mean(0).float()
         return out
-    imp: tp.importance.Importance
-    if method == "taylor":
-        if calib is None:
-            raise ConfigError("method 'taylor' needs a calibration batch: pass calib=(x, y)")
+    if method == "taylor" and calib is None:
+        raise ConfigError("method 'taylor' needs a calibration batch: pass calib=(x, y)")
+    graph = build_graph(model, example_input)  # tracing clears .grad: build it first
+    imp: tp.importance.Importance = tp.importance.MagnitudeImportance(p=2)
+    if method == "taylor" and calib is not None:
         imp = tp.importance.TaylorImportance()
         dev = next(model.parameters()).device
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(calib[0].to(dev)), calib[1].to(dev)).backward()
-    else:
-        imp = tp.importance.MagnitudeImportance(p=2)
-    graph = build_graph(model, example_input)
     out = {}
     try:
         for u in units:

@@ -174,7 +174,36 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: unsupported checkpoint version {obj.get('version')!r}")
     if not isinstance(obj.get("state_dict"), dict):
         raise CheckpointError(f"{path}: checkpoint has no state dict")
+    for key in ("spec", "meta"):
+        if obj.get(key) is not None and not isinstance(obj[key], dict):
+            raise CheckpointError(f"{path}: '{key}' must be a mapping")
+    shapes = obj.get("shapes")
+    if shapes is not None and not (
+        isinstance(shapes, dict)
+        and all(
+            isinstance(k, str) and isinstance(v, (list, tuple)) and all(type(s) is int for s in v)
+            for k, v in shapes.items()
+        )
+    ):
+        raise CheckpointError(f"{path}: 'shapes' must map layer names to lists of integers")
     return obj
+
+
+def _check_shrinks(model: nn.Module, shapes: dict[str, list[int]], path: Path) -> None:
+    """A pruned file only ever narrows layers: refuse widths beyond the unpruned model's.
+
+    Stops a crafted file from making :func:`apply_shapes` allocate absurd tensors.
+    """
+    current = capture_shapes(model)
+    for name, shape in shapes.items():
+        ref = current.get(name)
+        if ref is None:
+            continue  # apply_shapes names the unknown layer
+        if len(shape) != len(ref) or any(s > r for s, r in zip(shape[:2], ref[:2], strict=False)):
+            raise CheckpointError(
+                f"{path}: stored shape {list(shape)} of layer {name} exceeds the "
+                f"architecture's {ref}"
+            )
 
 
 def load_model(
@@ -196,11 +225,39 @@ def load_model(
             raise CheckpointError(f"{path} holds a custom model: pass an instance to load it")
         model = spec.build()
     if ckpt.get("shapes"):
+        _check_shrinks(model, ckpt["shapes"], Path(path))
         apply_shapes(model, ckpt["shapes"])
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:
-        detail = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{path} does not match the model architecture: {detail}") from e
+        arch = f"the {spec.name} architecture" if spec is not None else "the model architecture"
+        raise CheckpointError(
+            f"{path} does not match {arch}: {_mismatch(model, ckpt['state_dict'], e)}"
+        ) from e
     model.eval()
     return model, spec, dict(ckpt.get("meta") or {})
+
+
+def _mismatch(model: nn.Module, state: dict[str, Any], err: Exception) -> str:
+    """One line saying how a state dict differs from ``model`` (torch's message runs long)."""
+    have = model.state_dict()
+    missing = [k for k in have if k not in state]
+    unexpected = [k for k in state if k not in have]
+    resized = [
+        k
+        for k in have
+        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != have[k].shape
+    ]
+    parts = [
+        f"{len(keys)} {what} (e.g. {keys[0]!r})"
+        for what, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("tensors of another shape", resized),
+        )
+        if keys
+    ]
+    if parts:
+        return "; ".join(parts)
+    lines = str(err).strip().splitlines()
+    return lines[-1].strip() if lines else type(err).__name__

@@ -8,12 +8,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from rlprune.errors import DataError, RlpruneError
 
@@ -62,6 +64,21 @@ def _check_fit(spec: Any, data: Any) -> None:
         )
 
 
+def _yaml_scalar(value: Any) -> str:
+    """``value`` as a YAML scalar for ``--set``: ``str(1e-05)`` would load as a string."""
+    return yaml.safe_dump(value).splitlines()[0]
+
+
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` and probe that a file can be written there (one clear error if not)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise RlpruneError(f"cannot write to {folder}: {e.strerror or e}") from e
+
+
 def _metrics_line(name: str, m: dict[str, Any]) -> str:
     test = "—" if m.get("test_acc") is None else f"{m['test_acc']:.2f}%"
     return (
@@ -81,8 +98,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     sets = list(args.set or [])
     for key in ("epochs", "lr", "batch_size", "seed"):
         if getattr(args, key) is not None:
-            sets.append(f"{key}={getattr(args, key)}")
+            sets.append(f"{key}={_yaml_scalar(getattr(args, key))}")
     cfg = load_config(TrainConfig, args.config, sets)
+    _check_writable(Path(args.out))  # fail now, not after training
     torch.manual_seed(cfg.seed)
     data = _load_data(args, cfg.seed)
     spec = ModelSpec(args.model, data.in_channels, data.num_classes, data.input_size, args.width)
@@ -154,9 +172,12 @@ def _prune_config(args: argparse.Namespace) -> Any:
             "choose one mode: --max-acc-drop (accuracy-bounded) or --target-macs (budget)"
         )
     if args.max_acc_drop is not None:
-        sets += ["reward.mode=accuracy", f"reward.max_acc_drop={args.max_acc_drop}"]
+        sets += ["reward.mode=accuracy", f"reward.max_acc_drop={_yaml_scalar(args.max_acc_drop)}"]
     if args.target_macs is not None:
-        sets += [f"reward.mode={args.mode or 'budget'}", f"reward.target_macs={args.target_macs}"]
+        sets += [
+            f"reward.mode={args.mode or 'budget'}",
+            f"reward.target_macs={_yaml_scalar(args.target_macs)}",
+        ]
     if args.seed is not None:
         sets.append(f"seed={args.seed}")
     return load_config(PruneConfig, args.config, sets)
@@ -164,11 +185,14 @@ def _prune_config(args: argparse.Namespace) -> Any:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from rlprune.checkpoint import load_model
+    from rlprune.distributed import init_distributed
     from rlprune.report import before_after_table
     from rlprune.search import prune
 
     cfg = _prune_config(args)
     torch.manual_seed(cfg.seed)
+    # Under torchrun this joins the job (gloo on CPU, NCCL on CUDA); otherwise a no-op.
+    ctx, device = init_distributed(_device(args.device))
     model, spec, _ = load_model(args.checkpoint)
     data = _load_data(args, seed=0)
     _check_fit(spec, data)
@@ -183,13 +207,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
         spec=spec,
         hflip=data.hflip,
         resume=args.resume,
-        device=_device(args.device),
-        progress=not args.quiet,
+        device=device,
+        progress=not args.quiet and ctx.is_main,
+        dist_ctx=ctx,
     )
-    print(before_after_table(result.baseline, result.pruned))
-    print(
-        f"\nsearch wall time {time.perf_counter() - t0:.0f} s; report: {Path(args.out) / 'report.md'}"
-    )
+    if ctx.is_main:
+        print(before_after_table(result.baseline, result.pruned))
+        print(
+            f"\nsearch wall time {time.perf_counter() - t0:.0f} s"
+            + (f" on {ctx.world_size} processes" if ctx.active else "")
+            + f"; report: {Path(args.out) / 'report.md'}"
+        )
     return 0
 
 
@@ -253,7 +281,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from rlprune.compare import run_compare
 
-    run_compare(args)
+    print(run_compare(args))
     return 0
 
 
@@ -344,5 +372,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rlprune: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("rlprune: interrupted; progress is saved — rerun with --resume", file=sys.stderr)
+        print(_interrupted_line(args), file=sys.stderr)
         return 130
+
+
+def _interrupted_line(args: argparse.Namespace) -> str:
+    """What Ctrl-C leaves behind: only a search keeps its progress (crash-safe state)."""
+    if args.command == "prune":
+        return (
+            f"rlprune: interrupted; progress is saved in {args.out} — rerun the same command "
+            "with --resume to continue"
+        )
+    if args.command == "demo":
+        return "rlprune: interrupted; progress is saved — rerun `rlprune demo` to continue"
+    return "rlprune: interrupted"

@@ -16,6 +16,7 @@ from torch import nn
 
 from rlprune.agent import feature_state, unit_statistics, weight_state
 from rlprune.config import PruneConfig
+from rlprune.distributed import DistContext
 from rlprune.pruning import (
     MacModel,
     Unit,
@@ -108,6 +109,7 @@ class PruningEnv:
         cfg: the search config.
         base_acc: unpruned accuracy (%) on the reward set.
         base_macs: unpruned model MACs.
+        dist_ctx: with several processes, each scores its share of the masks.
     """
 
     def __init__(
@@ -119,8 +121,10 @@ class PruningEnv:
         cfg: PruneConfig,
         base_acc: float,
         base_macs: int,
+        dist_ctx: DistContext | None = None,
     ) -> None:
         self.model = model
+        self.dist = dist_ctx or DistContext()
         self.reward_x, self.reward_y = reward_set
         self.calib = calib
         self.example = example_input
@@ -203,10 +207,16 @@ class PruningEnv:
         unit, rc = self.unit, self.cfg.reward
         kept = masks.sum(dim=1)
         scorer = self._scorer
-        if self.cfg.rollout.batched and isinstance(scorer, PrefixScorer) and len(masks) > 1:
-            accs = scorer.accuracies(masks)
+        # Every rank holds the same K masks; each scores its share, a SUM all-reduce of the
+        # zero-filled vector hands all K accuracies to every rank (issue 8).
+        mine = self.dist.my_indices(len(masks))
+        accs = torch.zeros(len(masks), dtype=torch.float64)
+        if self.cfg.rollout.batched and isinstance(scorer, PrefixScorer) and len(mine) > 1:
+            accs[mine] = scorer.accuracies(masks[mine])
         else:
-            accs = torch.tensor([self.accuracy(m) for m in masks], dtype=torch.float64)
+            for i in mine:
+                accs[i] = self.accuracy(masks[i])
+        accs = self.dist.sum(accs)
         macs = self.mac_model.macs(kept, unit.channels)
         drop = self.base_acc - accs
         if rc.mode == "accuracy":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,13 @@ from rlprune.errors import CheckpointError, ConfigError, RlpruneError
 __all__ = ["RunDir"]
 
 log = logging.getLogger(__name__)
+
+# Keys the search stores in each state file; a file without them is treated as corrupt.
+_STATE_KEYS: dict[str, tuple[str, ...]] = {
+    "model.pt": ("shapes", "state_dict", "records", "agent"),
+    "agent.pt": ("unit", "progress", "agent"),
+    "final.pt": ("state_dict",),
+}
 
 
 class RunDir:
@@ -53,12 +61,19 @@ class RunDir:
                     f"{self.root} already holds a run: pass --resume to continue it, "
                     "or choose a new --out"
                 )
-            stored = config_from_dict(PruneConfig, yaml.safe_load(cfg_path.read_text()))
+            try:
+                stored = config_from_dict(PruneConfig, yaml.safe_load(cfg_path.read_text()))
+            except (OSError, yaml.YAMLError, TypeError, ValueError) as e:
+                raise ConfigError(
+                    f"{cfg_path} is unreadable or corrupt ({type(e).__name__}); "
+                    "start a new run with a new --out"
+                ) from e
             if stored != cfg:
                 raise ConfigError(
                     f"{self.root} was started with a different config; resume without "
                     "--config/--set changes, or choose a new --out"
                 )
+            self._tidy_after_crash()
             return stored
         try:
             self.state.mkdir(parents=True, exist_ok=True)
@@ -67,6 +82,19 @@ class RunDir:
         text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
         atomic_write(cfg_path, lambda f: f.write(text), mode="w")
         return cfg
+
+    def _tidy_after_crash(self) -> None:
+        """On resume: delete temp files a killed writer left, end a torn metrics line."""
+        for folder in (self.root, self.state):
+            for tmp in folder.glob(".*.tmp"):  # atomic_write's ".NAME.XXXX.tmp"
+                log.info("removing %s, left by an interrupted write", tmp)
+                tmp.unlink(missing_ok=True)
+        metrics = self.root / "metrics.jsonl"
+        if metrics.exists() and metrics.stat().st_size:
+            with open(metrics, "rb+") as f:
+                f.seek(-1, 2)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")  # the next record starts on its own line
 
     # ----------------------------------------------------------------- metrics
     def log_metrics(self, record: dict[str, Any]) -> None:
@@ -110,15 +138,42 @@ class RunDir:
         atomic_write(path, lambda f: torch.save(obj, f))
 
     def load_state(self, name: str) -> dict[str, Any] | None:
-        """Load ``state/NAME``; falls back to the previous good copy if it is corrupt."""
+        """Load ``state/NAME``; falls back to the previous good copy if it is corrupt.
+
+        Loads with ``weights_only=True``: a file that needs arbitrary code is refused, never
+        run. A file that is torn, unsafe, or lacks the keys the search stores in it is skipped
+        with one warning line.
+        """
         for path in (self.state / name, self.state / f"{name}.prev"):
             if not path.exists():
                 continue
+            then = "trying the previous one" if path.name == name else "ignoring it"
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as e:
-                log.warning("state file %s is corrupt (%s); trying the previous one", path, e)
+            except pickle.UnpicklingError as e:
+                log.warning(
+                    "state file %s is not a safe state file (refused to unpickle: %s); %s",
+                    path,
+                    _first_line(e),
+                    then,
+                )
                 continue
-            if isinstance(obj, dict):
-                return obj
+            except Exception as e:  # torn zip: RuntimeError, EOFError, ...
+                log.warning("state file %s is corrupt (%s); %s", path, _first_line(e), then)
+                continue
+            missing = (
+                [k for k in _STATE_KEYS.get(name, ()) if k not in obj]
+                if isinstance(obj, dict)
+                else ["<a dict>"]
+            )
+            if missing:
+                log.warning("state file %s lacks %s; %s", path, ", ".join(missing), then)
+                continue
+            return obj
         return None
+
+
+def _first_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (torch's unpickling errors run to pages)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__

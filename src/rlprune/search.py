@@ -16,12 +16,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from rlprune.agent import FEATURE_DIM, Agent
 from rlprune.checkpoint import apply_shapes, capture_shapes
 from rlprune.config import PruneConfig
 from rlprune.data import Split
+from rlprune.distributed import DistContext, FollowerRunDir, shard_split
 from rlprune.env import PruningEnv
 from rlprune.errors import PruningError
 from rlprune.models import ModelSpec
@@ -67,6 +69,7 @@ def prune(
     resume: bool = False,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    dist_ctx: DistContext | None = None,
 ) -> PruneResult:
     """Prune ``model`` with the RL agent, unit by unit.
 
@@ -80,13 +83,16 @@ def prune(
         resume: continue a killed run in ``out_dir`` (same seed -> same masks).
         device: where fine-tuning runs (rollouts run there too).
         progress: tqdm bars.
+        dist_ctx: torchrun job context (rollouts sharded, DDP fine-tuning, rank 0 writes).
 
     Returns:
         :class:`PruneResult` with the pruned model and the before/after measurements.
     """
     cfg = config or PruneConfig()
-    run = RunDir(out_dir)
+    ctx = dist_ctx or DistContext()
+    run = RunDir(out_dir) if ctx.is_main else FollowerRunDir(out_dir)
     cfg = run.start(cfg, resume)
+    ctx.barrier()  # followers read the folder rank 0 has just created
     original = copy.deepcopy(model).to(device).eval()
     model = copy.deepcopy(original)
     example = val.images[:1].to(device)
@@ -103,8 +109,36 @@ def prune(
     base_acc, base_macs = baseline["reward_set_acc"], baseline["macs"]
 
     env = PruningEnv(
-        model, (rx, ry), (calib.images, calib.labels), example, cfg, base_acc, base_macs
+        model, (rx, ry), (calib.images, calib.labels), example, cfg, base_acc, base_macs, ctx
     )
+    my_train = shard_split(train, ctx)
+
+    def tune(seed: int, steps: int, desc: str) -> dict[str, float]:
+        """Fine-tune; under torchrun with DDP, each rank on its stride with batch / N."""
+        net: nn.Module = model
+        if ctx.active:
+            ids = (
+                [device.index]
+                if isinstance(device, torch.device) and device.type == "cuda"
+                else None
+            )
+            net = DistributedDataParallel(model, device_ids=ids)
+        out = fine_tune(
+            net,
+            my_train,
+            steps,
+            cfg.finetune_lr,
+            batch_size=max(1, cfg.batch_size // ctx.world_size),
+            weight_decay=cfg.weight_decay,
+            hflip=hflip,
+            generator=torch.Generator().manual_seed(seed),
+            device=device,
+            progress=progress and ctx.is_main,
+            desc=desc,
+        )
+        ctx.sync_module(model)
+        return out
+
     order = [u.name for u in env.units()]
     if cfg.order == "reverse":
         order.reverse()
@@ -236,21 +270,24 @@ def prune(
         decided = prog["decided"]
 
         # -- surgery, fine-tune, checkpoint ----------------------------------------------
+        before = (capture_shapes(model), copy.deepcopy(model.state_dict()))
         kept = env.apply(decided["mask"])
-        ft = fine_tune(
-            model,
-            train,
-            cfg.finetune_steps,
-            cfg.finetune_lr,
-            batch_size=cfg.batch_size,
-            weight_decay=cfg.weight_decay,
-            hflip=hflip,
-            generator=torch.Generator().manual_seed(_seed(cfg.seed, u_idx, 1 << 20)),
-            device=device,
-            progress=progress,
-            desc=f"fine-tune {name}",
-        )
+        ft = tune(_seed(cfg.seed, u_idx, 1 << 20), cfg.finetune_steps, f"fine-tune {name}")
         val_acc = evaluate(model, val, device=device)
+        if (
+            cfg.reward.mode == "accuracy"
+            and baseline["val_acc"] - val_acc > cfg.reward.max_acc_drop
+        ):
+            # Accuracy-bounded mode: a cut that fine-tuning cannot bring back within the bound
+            # is undone (the unit stays whole), so the walk never leaves the bound.
+            log.warning(
+                "%s: val acc %.2f%% after fine-tune is beyond the bound; cut undone", name, val_acc
+            )
+            apply_shapes(model, before[0])
+            model.load_state_dict(before[1])
+            model.eval()
+            kept, decided = list(range(unit.channels)), {**decided, "chosen": "reverted"}
+            val_acc = evaluate(model, val, device=device)
         macs, params = count_macs_params(model, example)
         record = {
             "unit": name,
@@ -311,21 +348,11 @@ def prune(
         model.load_state_dict(final["state_dict"])
     else:
         steps = round(cfg.final_finetune_epochs * math.ceil(len(train) / cfg.batch_size))
-        fine_tune(
-            model,
-            train,
-            steps,
-            cfg.finetune_lr,
-            batch_size=cfg.batch_size,
-            weight_decay=cfg.weight_decay,
-            hflip=hflip,
-            generator=torch.Generator().manual_seed(_seed(cfg.seed, 1 << 30)),
-            device=device,
-            progress=progress,
-            desc="final fine-tune",
-        )
+        tune(_seed(cfg.seed, 1 << 30), steps, "final fine-tune")
         run.save_state("final.pt", {"state_dict": model.state_dict()})
     model.eval()
     pruned = measure_model(model, val, test, example, cfg.latency_runs)
-    write_outputs(run, model, original, spec, example, baseline, pruned, records, cfg)
+    if ctx.is_main:
+        write_outputs(run, model, original, spec, example, baseline, pruned, records, cfg)
+    ctx.barrier()
     return PruneResult(model, baseline, pruned, records, run.root)
