@@ -65,6 +65,35 @@ def test_prefix_cut_skips_the_units_own_layers() -> None:
     assert out.shape == (2, unit.channels, 4, 4)
 
 
+@pytest.mark.parametrize("name", ["vgg-small", "resnet20", "mobilenetv2-small"])
+def test_adaptive_bn_fast_path_matches_naive_path(name: str) -> None:
+    model = _randomised(name)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(64, 1, 16, 16, generator=g)
+    calib = torch.randn(48, 1, 16, 16, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for unit in find_units(model, x[:1])[::2]:
+        mask = (torch.rand(unit.channels, generator=g) > 0.4).float()
+        mask[0] = 1
+        naive = NaiveScorer(model, unit, x, y, 16, calib_x=calib)
+        fast = PrefixScorer(model, unit, x, y, 16, calib_x=calib)
+        masked = MaskedScorer(model, unit, x, y, 16, calib_x=calib)
+        try:
+            a, b, c = naive.logits(mask), fast.logits(mask), masked.logits(mask)
+            assert torch.allclose(a, b, atol=1e-4), unit.name
+            assert torch.allclose(c, b, atol=1e-4), unit.name
+            # adapting BN changes the answer (stale statistics are what it fixes)
+            assert not torch.allclose(b, PrefixScorer(model, unit, x, y, 16).logits(mask))
+        finally:
+            fast.close()
+            masked.close()
+    # statistics restored exactly afterwards
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_batched_scoring_equals_one_by_one() -> None:
     model = _randomised("resnet20")
     g = torch.Generator().manual_seed(3)

@@ -77,6 +77,7 @@ class AgentConfig:
     patience: int = 4  # updates without a new best reward before stopping (and the minimum)
     min_entropy: float = 0.02  # mean per-filter Bernoulli entropy (nats) that counts as converged
     prior: float = 1.0  # scale of the importance prior (features state); 0 = none
+    shared: bool = False  # one policy across units (True) or a fresh one per unit (False)
 
     def __post_init__(self) -> None:
         _check(self.state in ("features", "weights"), "agent.state", "features | weights")
@@ -154,6 +155,7 @@ class RolloutConfig:
     cache_mb: float = 512.0  # cap on cached activations; above it: fp16, then subsample
     calib_set: int = 256  # images for per-filter activation statistics
     batched: bool = False  # score the K masks of an update in one pass (see bench/rollouts.py)
+    adapt_bn: bool = True  # re-estimate downstream BN statistics per mask (EagleEye)
 
     def __post_init__(self) -> None:
         _check(self.reward_set >= 10, "rollout.reward_set", "must be >= 10")

@@ -130,6 +130,7 @@ class PruningEnv:
         self.example = example_input
         self.cfg = cfg
         self.base_acc = base_acc
+        self.ref_acc = base_acc  # accuracy of the model as it enters the current unit
         self.base_macs = base_macs
         self.unit: Unit | None = None
         self._scorer: Scorer | None = None
@@ -175,7 +176,11 @@ class PruningEnv:
             self.cfg.rollout.batch_size,
             self.cfg.rollout.fast,
             self.cfg.rollout.cache_mb,
+            self.calib[0] if self.cfg.rollout.adapt_bn else None,
         )
+        # Drops are measured against the model as it enters this unit (earlier cuts are already
+        # fine-tuned in), scored the same way as the masks (incl. adaptive BN).
+        self.ref_acc = self.accuracy(torch.ones(unit.channels))
         if self.cfg.agent.state == "weights":
             return weight_state(self.model, unit)
         stats = unit_statistics(self.model, unit, *self.calib)
@@ -218,7 +223,7 @@ class PruningEnv:
                 accs[i] = self.accuracy(masks[i])
         accs = self.dist.sum(accs)
         macs = self.mac_model.macs(kept, unit.channels)
-        drop = self.base_acc - accs
+        drop = self.ref_acc - accs
         if rc.mode == "accuracy":
             if rc.efficiency == "filters":
                 rewards = accuracy_reward(drop, rc.b, kept, unit.channels)

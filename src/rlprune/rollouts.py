@@ -27,6 +27,7 @@ import copy
 import logging
 import math
 import operator
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -34,6 +35,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from rlprune.bnadapt import adapted_bn
 from rlprune.pruning import Unit, UnitMask, remove_channels
 
 __all__ = [
@@ -98,16 +100,27 @@ class NaiveScorer:
     """Reference: deepcopy, physical cut, full forward, per mask."""
 
     def __init__(
-        self, model: nn.Module, unit: Unit, x: torch.Tensor, y: torch.Tensor, batch_size: int
+        self,
+        model: nn.Module,
+        unit: Unit,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        calib_x: torch.Tensor | None = None,
     ) -> None:
         self.model, self.unit, self.x, self.y, self.bs = model, unit, x, y, batch_size
         self.n = len(y)
+        self.calib_x = calib_x
+        self.bn_names = downstream_bns(model, unit) if calib_x is not None else []
 
     @torch.inference_mode(False)
     def logits(self, mask: torch.Tensor) -> torch.Tensor:
         pruned = copy.deepcopy(self.model).eval()
         remove_channels(pruned, self.unit, mask, self.x[:1])
-        with torch.inference_mode():
+        mods = dict(pruned.named_modules())
+        bns = [mods[n] for n in self.bn_names]
+        calibrate = lambda: _run_batches(pruned, self.calib_x, self.bs)  # noqa: E731
+        with adapted_bn(bns, calibrate), torch.inference_mode():
             return torch.cat([pruned(self.x[i : i + self.bs]) for i in range(0, self.n, self.bs)])
 
     def accuracy(self, mask: torch.Tensor) -> float:
@@ -117,23 +130,40 @@ class NaiveScorer:
         pass
 
 
+def _run_batches(fn: Callable[..., torch.Tensor], x: torch.Tensor | None, bs: int) -> None:
+    if x is not None:
+        for i in range(0, len(x), bs):
+            fn(x[i : i + bs])
+
+
 class MaskedScorer:
     """Live model + mask hooks + full forward (fallback for untraceable models)."""
 
     def __init__(
-        self, model: nn.Module, unit: Unit, x: torch.Tensor, y: torch.Tensor, batch_size: int
+        self,
+        model: nn.Module,
+        unit: Unit,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        calib_x: torch.Tensor | None = None,
     ) -> None:
         self.model, self.x, self.y, self.bs = model.eval(), x, y, batch_size
         self.n = len(y)
         self.mask = UnitMask(model, unit)
+        self.calib_x = calib_x
+        mods = dict(model.named_modules())
+        names = downstream_bns(model, unit) if calib_x is not None else []
+        self.bns = [mods[n] for n in names]
 
     @torch.inference_mode()
     def logits(self, mask: torch.Tensor) -> torch.Tensor:
         self.mask.set(mask)
         try:
-            return torch.cat(
-                [self.model(self.x[i : i + self.bs]) for i in range(0, self.n, self.bs)]
-            )
+            with adapted_bn(self.bns, lambda: _run_batches(self.model, self.calib_x, self.bs)):
+                return torch.cat(
+                    [self.model(self.x[i : i + self.bs]) for i in range(0, self.n, self.bs)]
+                )
         finally:
             self.mask.set(None)
 
@@ -142,6 +172,33 @@ class MaskedScorer:
 
     def close(self) -> None:
         self.mask.remove()
+
+
+def downstream_bns(model: nn.Module, unit: Unit) -> list[str]:
+    """BatchNorms whose input depends on the unit's mask (their statistics change).
+
+    Found from the same fx classification as the prefix cache; for untraceable models, every
+    BN after the unit's first producer in module order (a superset).
+    """
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception:
+        names = [n for n, _ in model.named_modules()]
+        first = names.index(unit.producers[0])
+        return [
+            n
+            for n, m in model.named_modules()
+            if isinstance(m, nn.BatchNorm2d) and names.index(n) > first
+        ]
+    status = _classify(gm, set(unit.producers))
+    mods = dict(gm.named_modules())
+    return [
+        str(n.target)
+        for n in gm.graph.nodes
+        if status[n] == DIRTY
+        and n.op == "call_module"
+        and isinstance(mods[str(n.target)], nn.BatchNorm2d)
+    ]
 
 
 def _classify(gm: fx.GraphModule, producers: set[str]) -> dict[fx.Node, int]:
@@ -238,6 +295,7 @@ class PrefixScorer:
         x: ``[N, C, H, W]`` reward images; y: ``[N]`` labels.
         batch_size: suffix batch size.
         cache_mb: memory cap of the cached activations.
+        calib_x: calibration images for adaptive BN (:mod:`rlprune.bnadapt`); None: off.
     """
 
     def __init__(
@@ -248,18 +306,34 @@ class PrefixScorer:
         y: torch.Tensor,
         batch_size: int,
         cache_mb: float = 512.0,
+        calib_x: torch.Tensor | None = None,
     ) -> None:
         model.eval()
         self.prefix, self.suffix, self.is_pre = split_at_frontier(model, unit)
         self.mask = UnitMask(model, unit)  # producers that sit in the suffix
         self.bs = batch_size
-        with torch.inference_mode():
-            parts = [self.prefix(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-        self.cache = [torch.cat([p[j] for p in parts]) for j in range(len(self.is_pre))]
+        self.cache = self._frontier(x)
+        self.calib = self._frontier(calib_x) if calib_x is not None else None
+        mods = dict(self.suffix.named_modules())
+        self.bns = [
+            mods[str(n.target)]
+            for n in self.suffix.graph.nodes
+            if n.op == "call_module" and isinstance(mods[str(n.target)], nn.BatchNorm2d)
+        ]
         self.y = y
         self.exact = True
         self._cap(cache_mb)
         self.n = len(self.y)
+
+    @torch.inference_mode()
+    def _frontier(self, x: torch.Tensor) -> list[torch.Tensor]:
+        parts = [self.prefix(x[i : i + self.bs]) for i in range(0, len(x), self.bs)]
+        return [torch.cat([p[j] for p in parts]) for j in range(len(self.is_pre))]
+
+    def _calibrate(self, m: torch.Tensor) -> None:
+        if self.calib is not None:
+            for i in range(0, len(self.calib[0]), self.bs):
+                self.suffix(m, *[t[i : i + self.bs] for t in self.calib])
 
     @property
     def cache_mb(self) -> float:
@@ -285,11 +359,12 @@ class PrefixScorer:
         m = mask.detach().float().reshape(-1)
         self.mask.set(m)
         try:
-            out = []
-            for i in range(0, len(self.y), self.bs):
-                vals = [t[i : i + self.bs].float() for t in self.cache]
-                out.append(self.suffix(m, *vals))
-            return torch.cat(out)
+            with adapted_bn(self.bns if self.calib else [], lambda: self._calibrate(m)):
+                out = []
+                for i in range(0, len(self.y), self.bs):
+                    vals = [t[i : i + self.bs].float() for t in self.cache]
+                    out.append(self.suffix(m, *vals))
+                return torch.cat(out)
         finally:
             self.mask.set(None)
 
@@ -303,6 +378,8 @@ class PrefixScorer:
         Each cached batch is repeated K times with a per-sample mask, so one suffix pass
         scores all K masks: fewer, larger matrix products (pays off for small late layers).
         """
+        if self.calib is not None:  # BN statistics are per mask: no batching across masks
+            return torch.tensor([self.accuracy(m) for m in masks], dtype=torch.float64)
         k = masks.shape[0]
         masks = masks.detach().float()
         correct = torch.zeros(k, dtype=torch.long)
@@ -333,14 +410,15 @@ def make_scorer(
     batch_size: int,
     fast: bool = True,
     cache_mb: float = 512.0,
+    calib_x: torch.Tensor | None = None,
 ) -> Scorer:
     """The fast scorer when the model traces with ``torch.fx``, else the masked fallback."""
     if fast:
         try:
-            return PrefixScorer(model, unit, x, y, batch_size, cache_mb)
+            return PrefixScorer(model, unit, x, y, batch_size, cache_mb, calib_x)
         except Exception as e:  # fx raises many types on dynamic control flow
             log.warning(
                 "torch.fx cannot trace the model (%s); scoring with full forward passes",
                 type(e).__name__,
             )
-    return MaskedScorer(model, unit, x, y, batch_size)
+    return MaskedScorer(model, unit, x, y, batch_size, calib_x)
