@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from rlprune.baselines import BASELINES, MAC_TARGETED, _MacFn, prune_to_target
+from rlprune.baselines import BASELINES, MAC_TARGETED, prune_to_target
 from rlprune.errors import ConfigError, PruningError
 from rlprune.models import build_model
-from rlprune.pruning import count_macs_params, filter_l1, find_units, remove_channels
+from rlprune.pruning import UnitMacs, count_macs_params, filter_l1, find_units, remove_channels
 
 X = torch.zeros(1, 1, 16, 16)
 CALIB = (
@@ -133,7 +133,7 @@ def test_mac_model_is_exact_on_the_zoo() -> None:
     for name in ("resnet20", "mobilenetv2-small"):
         model = _model(name, 0.5)
         units = find_units(model, X)
-        mac = _MacFn(model, units, X)
+        mac = UnitMacs(model, units, X)
         for _ in range(2):
             counts = {u.name: rng.randint(1, u.channels) for u in units}
             pruned = copy.deepcopy(model)

@@ -15,8 +15,19 @@ from rlprune.data import load_dataset
 from rlprune.models import ModelSpec
 from rlprune.train import train
 
-TINY = ["--set", "agent.updates=3", "--set", "agent.samples=6", "--set", "latency_runs=3",
-        "--set", "rollout.reward_set=144", "--quiet", "--max-acc-drop", "1"]
+TINY = [
+    "--set",
+    "agent.updates=3",
+    "--set",
+    "agent.samples=6",
+    "--set",
+    "latency_runs=3",
+    "--set",
+    "rollout.reward_set=144",
+    "--quiet",
+    "--max-acc-drop",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +47,31 @@ def _free_port() -> int:
 
 
 def _run(ckpt: Path, out: Path, nproc: int, *extra: str) -> dict:
-    prune = ["-m", "rlprune", "prune", "--checkpoint", str(ckpt), "--dataset", "digits",
-             "--out", str(out), *TINY, *extra]
+    prune = [
+        "-m",
+        "rlprune",
+        "prune",
+        "--checkpoint",
+        str(ckpt),
+        "--dataset",
+        "digits",
+        "--out",
+        str(out),
+        *TINY,
+        *extra,
+    ]
     if nproc == 1:
         cmd = [sys.executable, *prune]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *prune]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            "--master_addr=127.0.0.1",
+            f"--master_port={_free_port()}",
+            *prune,
+        ]
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -66,7 +95,8 @@ def test_two_gloo_processes_match_one_process(ckpt: Path, tmp_path: Path) -> Non
 
 
 def test_ddp_fine_tuning_runs_on_two_processes(ckpt: Path, tmp_path: Path) -> None:
-    rep = _run(ckpt, tmp_path / "ddp", 2, "--set", "finetune_steps=3",
-               "--set", "final_finetune_epochs=0.1")
+    rep = _run(
+        ckpt, tmp_path / "ddp", 2, "--set", "finetune_steps=3", "--set", "final_finetune_epochs=0.1"
+    )
     assert rep["pruned"]["macs"] <= rep["baseline"]["macs"]
     assert rep["pruned"]["test_acc"] > 50.0

@@ -46,12 +46,12 @@ def test_accuracy_reward_prefers_more_pruning_within_bound() -> None:
     ("drop", "macs", "target", "expected"),
     [
         (1.0, 110.0, 100.0, -1.0 - 100 * math.log(1.1)),  # 10% over budget
-        (0.5, 50.0, 100.0, -0.5 + math.log(2)),  # under budget: small bonus
+        (0.5, 50.0, 100.0, -0.5 - 20 * math.log(2)),  # past the budget: smaller penalty
         (0.3, 100.0, 100.0, -0.3),  # on budget: -drop
     ],
 )
 def test_budget_reward_table(drop, macs, target, expected) -> None:
-    got = budget_reward(t(drop), t(macs), target, penalty=100.0, bonus=1.0)
+    got = budget_reward(t(drop), t(macs), target, penalty=100.0, under=20.0)
     assert got.item() == pytest.approx(expected, abs=1e-9)
 
 

@@ -5,6 +5,7 @@ import logging
 import pytest
 import torch
 
+from rlprune.frontier import split_at_frontier
 from rlprune.models import build_model
 from rlprune.pruning import UnitMask, find_units
 from rlprune.rollouts import (
@@ -13,7 +14,6 @@ from rlprune.rollouts import (
     PrefixScorer,
     accuracy_stderr,
     make_scorer,
-    split_at_frontier,
 )
 
 

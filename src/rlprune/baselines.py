@@ -26,7 +26,7 @@ Count-based methods (use the per-unit keep counts the RL agent chose; ``target_m
 - ``random``: seeded random filters. ``l1-rl-ratios``: smallest-L1 filters removed, which
   separates the agent's allocation across units from its choice of filters.
 
-MACs during the search come from :class:`_MacFn`, a closed form of the model's MACs as a
+MACs during the search come from :class:`UnitMacs`, a closed form of the model's MACs as a
 function of the per-unit channel counts (each counted layer scales linearly in every unit it
 touches; the touches are found by probing), exact for the zoo models, so bisection and
 rankings cost microseconds per evaluation instead of a trace of a pruned copy; the pruned
@@ -35,7 +35,6 @@ model is then counted exactly by torch-pruning and checked against the target.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -49,6 +48,7 @@ from rlprune.config import PruneConfig
 from rlprune.errors import ConfigError, PruningError
 from rlprune.pruning import (
     Unit,
+    UnitMacs,
     build_graph,
     count_macs_params,
     filter_l1,
@@ -70,64 +70,6 @@ BASELINES: tuple[str, ...] = ("random", *MAC_TARGETED, "l1-rl-ratios")
 
 TOLERANCE = 0.02  # final MACs within +-2% of the target (relative)
 _AIM = 0.01  # what the search aims for, leaving margin
-
-
-class _MacFn:
-    """Model MACs as a function of the per-unit channel counts (exact for the zoo).
-
-    torch-pruning counts MACs per leaf module (conv, linear, BN, activations, pools). Which
-    units' channels pass through which layer is found by removing one channel of each unit on
-    a copy and seeing which layer counts change. A layer touched by one unit is affine in its
-    count (the probe gives the slope, so a linear layer's bias term is exact); a layer touched
-    by several (a conv between two units: ``out * in``) scales with the product of their keep
-    ratios, exact for bias-free convs. The pruned model is always counted exactly afterwards.
-    """
-
-    def __init__(self, model: nn.Module, units: list[Unit], example_input: torch.Tensor) -> None:
-        self.channels = {u.name: u.channels for u in units}
-        base = self._layer_macs(model, example_input)
-        self.total = float(count_macs_params(model, example_input)[0])
-        self.const = self.total - sum(base.values())
-        touches: dict[str, dict[str, float]] = {n: {} for n in base}
-        for u in units:
-            if u.channels < 2:
-                continue
-            probe = copy.deepcopy(model)
-            mask = torch.ones(u.channels)
-            mask[0] = 0
-            remove_channels(probe, u, mask, example_input, min_keep=1)
-            for name, macs in self._layer_macs(probe, example_input).items():
-                if name in base and macs != base[name]:
-                    touches[name][u.name] = base[name] - macs
-        # (MACs now, slope per removed channel if one unit touches the layer, touching units)
-        self.terms = [
-            (base[n], next(iter(t.values())) if len(t) == 1 else 0.0, tuple(t))
-            for n, t in touches.items()
-            if base[n]
-        ]
-
-    @staticmethod
-    def _layer_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        _, _, layer, _ = tp.utils.count_ops_and_params(model, example_input[:1], layer_wise=True)
-        model.train(was_training)
-        return {
-            n: float(layer.get(m, 0.0))
-            for n, m in model.named_modules()
-            if n and not any(True for _ in m.children())
-        }
-
-    def __call__(self, counts: dict[str, int]) -> float:
-        total = self.const
-        for macs, slope, units in self.terms:
-            if len(units) == 1:
-                macs -= slope * (self.channels[units[0]] - counts[units[0]])
-            else:
-                for u in units:
-                    macs *= counts[u] / self.channels[u]
-            total += macs
-        return total
 
 
 def _unit_scores(
@@ -183,7 +125,7 @@ def _lowest_l1(model: nn.Module, unit: Unit, keep: int) -> torch.Tensor:
 
 
 def _adjust(
-    mac: _MacFn,
+    mac: UnitMacs,
     counts: dict[str, int],
     need: dict[str, int],
     goal: float,
@@ -208,7 +150,7 @@ def _adjust(
 
 
 def _uniform_counts(
-    mac: _MacFn, units: list[Unit], need: dict[str, int], goal: float
+    mac: UnitMacs, units: list[Unit], need: dict[str, int], goal: float
 ) -> dict[str, int]:
     """Counts ``round(r * C)`` with ``r`` bisected so MACs first reach ``goal``, then trimmed."""
 
@@ -233,7 +175,7 @@ def _uniform_counts(
 
 
 def _global_masks(
-    mac: _MacFn,
+    mac: UnitMacs,
     units: list[Unit],
     need: dict[str, int],
     goal: float,
@@ -331,7 +273,7 @@ def prune_to_target(
             else:
                 masks[u.name] = _lowest_l1(model, u, keep)
     else:
-        mac = _MacFn(model, units, example_input)
+        mac = UnitMacs(model, units, example_input)
         goal = target_macs * mac.total
         if method == "l1-uniform":
             kept = _uniform_counts(mac, units, need, goal)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "save_checkpoint",
+    "unpickling_refusal",
 ]
 
 FORMAT = "rlprune-checkpoint"
@@ -67,6 +69,22 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
             raise RlpruneError(f"cannot write {path}: {e.strerror}") from e
         raise
     return path
+
+
+def unpickling_refusal(e: pickle.UnpicklingError) -> tuple[bool, str]:
+    """``(unsafe, reason)`` from a ``torch.load(weights_only=True)`` failure.
+
+    torch's message runs to a page, carries ANSI escapes and suggests ``weights_only=False``
+    (the unsafe way out); the one useful sentence follows ``WeightsUnpickler error:``.
+    ``unsafe`` is True when the file asks for a global (code) rather than being garbled.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    _, marker, tail = text.partition("WeightsUnpickler error:")
+    reason = " ".join((tail if marker else text).split())
+    for cut in (" Please use", " Check the documentation"):
+        reason = reason.split(cut)[0]
+    reason = reason.rstrip(". ")[:200] or type(e).__name__
+    return "global" in reason.lower(), reason
 
 
 def capture_shapes(model: nn.Module) -> dict[str, list[int]]:
@@ -162,10 +180,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path} is not a safe rlprune checkpoint (refused to unpickle: {first})"
-        ) from e
+        unsafe, reason = unpickling_refusal(e)
+        if unsafe:
+            raise CheckpointError(
+                f"{path} is not a safe rlprune checkpoint (refused to unpickle: {reason})"
+            ) from e
+        raise CheckpointError(f"{path} is not a readable checkpoint (bad pickle: {reason})") from e
     except Exception as e:  # torch raises RuntimeError/EOFError/... for corrupt zips
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__})") from e
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:

@@ -100,12 +100,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             sets.append(f"{key}={_yaml_scalar(getattr(args, key))}")
     cfg = load_config(TrainConfig, args.config, sets)
-    _check_writable(Path(args.out))  # fail now, not after training
     torch.manual_seed(cfg.seed)
     data = _load_data(args, cfg.seed)
     spec = ModelSpec(args.model, data.in_channels, data.num_classes, data.input_size, args.width)
     model = spec.build()
     out = Path(args.out)
+    _check_writable(out)  # fail now, not after training
     device = _device(args.device)
 
     def on_epoch(epoch: int, loss: float, val_acc: float) -> None:

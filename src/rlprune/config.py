@@ -7,7 +7,9 @@ folder as ``config.yaml`` and loads back to an equal config.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -112,8 +114,9 @@ class RewardConfig:
     tolerance: float = 0.0  # pp, tolerated drop b of a rollout before fine-tuning; 0 -> auto
     efficiency: str = "macs"  # "macs" | "filters": what the efficiency term counts
     target_macs: float = 0.0  # fraction of baseline MACs to reach (budget/amc modes)
+    guard: float = 2.0  # accuracy mode: undo a cut if val drop after its fine-tune > guard * bound
     budget_penalty: float = 100.0  # pp per unit of log-overshoot of the unit's MAC budget
-    budget_bonus: float = 1.0  # pp per unit of log-saving below the unit's budget
+    budget_under: float = 20.0  # pp per unit of log-undershoot (pruning past the unit's share)
 
     def __post_init__(self) -> None:
         _check(self.mode in ("accuracy", "budget", "amc"), "reward.mode", "accuracy|budget|amc")
@@ -132,8 +135,9 @@ class RewardConfig:
                 "target_macs",
                 f"must be in (0, 1) for {self.mode} mode, got {self.target_macs}",
             )
+        _check(self.guard > 0, "reward.guard", "must be > 0")
         _check(self.budget_penalty >= 0, "reward.budget_penalty", "must be >= 0")
-        _check(self.budget_bonus >= 0, "reward.budget_bonus", "must be >= 0")
+        _check(self.budget_under >= 0, "reward.budget_under", "must be >= 0")
 
     @property
     def b(self) -> float:
@@ -230,11 +234,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         )
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
         _check(
             isinstance(value, (int, float)) and not isinstance(value, bool),
             key,
             f"expected a number, got {value!r}",
         )
+        _check(math.isfinite(value), key, f"must be finite, got {value!r}")
         return float(value)
     if tp is str:
         _check(isinstance(value, str), key, f"expected a string, got {value!r}")

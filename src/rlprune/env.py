@@ -7,7 +7,6 @@ set (validation images only, never the test split) and turns accuracies and MACs
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 
@@ -20,8 +19,7 @@ from rlprune.distributed import DistContext
 from rlprune.pruning import (
     MacModel,
     Unit,
-    count_macs_params,
-    filter_l1,
+    UnitMacs,
     find_units,
     remove_channels,
     resolve_min_keep,
@@ -29,7 +27,7 @@ from rlprune.pruning import (
 from rlprune.reward import accuracy_reward, amc_reward, budget_reward
 from rlprune.rollouts import PrefixScorer, Scorer, accuracy_stderr, make_scorer
 
-__all__ = ["PruningEnv", "RolloutBatch", "uniform_macs", "unit_budget"]
+__all__ = ["PruningEnv", "RolloutBatch", "unit_budget"]
 
 log = logging.getLogger(__name__)
 
@@ -44,28 +42,6 @@ class RolloutBatch:
     kept: torch.Tensor
 
 
-def uniform_macs(
-    model: nn.Module,
-    names: list[str],
-    ratio: float,
-    example_input: torch.Tensor,
-    min_keep: float,
-    exclude: tuple[str, ...] = (),
-) -> int:
-    """MACs of ``model`` if every unit in ``names`` kept ``ratio`` of its channels (by L1).
-
-    Computed exactly on a copy (torch-pruning's counter), units cut in order.
-    """
-    probe = copy.deepcopy(model).eval()
-    for name in names:
-        unit = next(u for u in find_units(probe, example_input, exclude) if u.name == name)
-        keep_n = max(resolve_min_keep(min_keep, unit.channels), round(ratio * unit.channels))
-        mask = torch.zeros(unit.channels)
-        mask[torch.topk(filter_l1(probe, unit), keep_n).indices] = 1
-        remove_channels(probe, unit, mask, example_input, min_keep)
-    return count_macs_params(probe, example_input)[0]
-
-
 def unit_budget(
     model: nn.Module,
     remaining: list[Unit],
@@ -73,25 +49,37 @@ def unit_budget(
     example_input: torch.Tensor,
     min_keep: float,
     exclude: tuple[str, ...] = (),
-    iters: int = 12,
+    iters: int = 30,
 ) -> float:
     """Keep ratio ``r`` such that cutting every remaining unit to ``r`` reaches ``target_macs``.
 
-    Spreads the remaining budget uniformly over the remaining units (bisection on exact MAC
-    counts); later units re-solve it from the model as it then is, so a unit that prunes more
-    than its share leaves more room for the rest. Returns the smallest ratio tried if the target
-    cannot be reached.
+    Spreads the remaining budget uniformly over the remaining units (bisection on the
+    closed-form MACs of :class:`~rlprune.pruning.UnitMacs`, exact for the zoo); later units
+    re-solve it from the model as it then is, so a unit that prunes more than its share leaves
+    more room for the rest. Returns 0 if the target cannot be reached (min_keep then rules).
     """
-    names = [u.name for u in remaining]
+    units = find_units(model, example_input, exclude)
+    macs = UnitMacs(model, units, example_input)
+    names = {u.name for u in remaining}
+
+    def at(ratio: float) -> float:
+        counts = {
+            u.name: max(resolve_min_keep(min_keep, u.channels), round(ratio * u.channels))
+            if u.name in names
+            else u.channels
+            for u in units
+        }
+        return macs(counts)
+
     lo, hi = 0.0, 1.0
-    if uniform_macs(model, names, lo, example_input, min_keep, exclude) > target_macs:
+    if at(lo) > target_macs:
         log.warning(
             "MAC target %.3g unreachable with min_keep; pruning as far as allowed", target_macs
         )
         return lo
     for _ in range(iters):
         mid = (lo + hi) / 2
-        if uniform_macs(model, names, mid, example_input, min_keep, exclude) > target_macs:
+        if at(mid) > target_macs:
             hi = mid
         else:
             lo = mid
@@ -230,7 +218,7 @@ class PruningEnv:
             else:
                 rewards = accuracy_reward(drop, rc.b, macs, self.mac_model.total)
         elif rc.mode == "budget":
-            rewards = budget_reward(drop, macs, self.budget, rc.budget_penalty, rc.budget_bonus)
+            rewards = budget_reward(drop, macs, self.budget, rc.budget_penalty, rc.budget_under)
         else:
             rewards = amc_reward(accs, macs, self.budget, rc.budget_penalty)
         return RolloutBatch(rewards.float(), accs.float(), macs, kept)

@@ -15,7 +15,11 @@ and exceeding it scores < 0 (more pruning, worse).
 Budget mode (reach a MAC target with the least accuracy loss), with ``m`` the model MACs with the
 mask and ``t`` the unit's MAC budget (see :func:`rlprune.search.unit_budget`)::
 
-    R = -d - lambda * max(0, log(m / t)) + mu * max(0, log(t / m))
+    R = -d - lambda * max(0, log(m / t)) - mu * max(0, log(t / m))
+
+so the agent lands ON the budget (overshoot costs lambda = 100 pp per unit of log, pruning past
+the unit's share costs mu = 20: the comparison at matched MACs needs the target hit, not
+beaten, and a unit that over-prunes takes accuracy that later units could have used).
 
 AMC mode (He et al. 2018, ``R_FLOPs = -Error * log(FLOPs)``) plus the same overshoot penalty::
 
@@ -73,9 +77,9 @@ def budget_reward(
     macs: torch.Tensor,
     target: float,
     penalty: float = 100.0,
-    bonus: float = 1.0,
+    under: float = 20.0,
 ) -> torch.Tensor:
-    """Budget reward ``-d - penalty * relu(log(m/t)) + bonus * relu(log(t/m))`` (pp units).
+    """Budget reward ``-d - penalty * relu(log(m/t)) - under * relu(log(t/m))`` (pp units).
 
     Args:
         drop: ``[K]`` accuracy drops in pp.
@@ -83,7 +87,7 @@ def budget_reward(
         target: the unit's MAC budget (model MACs it should reach).
     """
     ratio = torch.log(macs.double() / float(target))
-    return -drop.double() - penalty * ratio.clamp_min(0) + bonus * (-ratio).clamp_min(0)
+    return -drop.double() - penalty * ratio.clamp_min(0) - under * (-ratio).clamp_min(0)
 
 
 def amc_reward(

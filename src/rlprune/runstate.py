@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import yaml
 
-from rlprune.checkpoint import atomic_write
+from rlprune.checkpoint import atomic_write, unpickling_refusal
 from rlprune.config import PruneConfig, config_from_dict, config_to_dict
 from rlprune.errors import CheckpointError, ConfigError, RlpruneError
 
@@ -98,7 +98,7 @@ class RunDir:
 
     # ----------------------------------------------------------------- metrics
     def log_metrics(self, record: dict[str, Any]) -> None:
-        """Append one JSON line to ``metrics.jsonl`` (flushed and fsynced)."""
+        """Append one JSON line to ``metrics.jsonl`` (flushed; a torn last line is skipped on read)."""
         with open(self.root / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
@@ -151,12 +151,12 @@ class RunDir:
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
             except pickle.UnpicklingError as e:
-                log.warning(
-                    "state file %s is not a safe state file (refused to unpickle: %s); %s",
-                    path,
-                    _first_line(e),
-                    then,
-                )
+                unsafe, reason = unpickling_refusal(e)
+                if unsafe:
+                    what = f"is not a safe state file (refused to unpickle: {reason})"
+                else:
+                    what = f"is corrupt (bad pickle: {reason})"
+                log.warning("state file %s %s; %s", path, what, then)
                 continue
             except Exception as e:  # torn zip: RuntimeError, EOFError, ...
                 log.warning("state file %s is corrupt (%s); %s", path, _first_line(e), then)

@@ -28,7 +28,7 @@ from rlprune.env import PruningEnv
 from rlprune.errors import PruningError
 from rlprune.models import ModelSpec
 from rlprune.outputs import measure_model, write_outputs
-from rlprune.pruning import count_macs_params
+from rlprune.pruning import count_macs_params, find_units
 from rlprune.runstate import RunDir
 from rlprune.train import evaluate, fine_tune
 
@@ -90,6 +90,7 @@ def prune(
     """
     cfg = config or PruneConfig()
     ctx = dist_ctx or DistContext()
+    find_units(model, val.images[:1].to(next(model.parameters()).device), cfg.exclude)  # fail early
     run = RunDir(out_dir) if ctx.is_main else FollowerRunDir(out_dir)
     cfg = run.start(cfg, resume)
     ctx.barrier()  # followers read the folder rank 0 has just created
@@ -276,10 +277,10 @@ def prune(
         kept = env.apply(decided["mask"])
         ft = tune(_seed(cfg.seed, u_idx, 1 << 20), cfg.finetune_steps, f"fine-tune {name}")
         val_acc = evaluate(model, val, device=device)
-        # Accuracy-bounded mode: the bound is spread over the walk (unit i of n may use
-        # (i+1)/n of it after fine-tuning); a cut that fine-tuning cannot bring back within
-        # its share is undone, so the walk never leaves the bound and no unit hogs it.
-        allowed = cfg.reward.max_acc_drop * (u_idx + 1) / len(order)
+        # Accuracy-bounded mode: a cut whose short fine-tune leaves val accuracy more than
+        # `guard` x the bound below the baseline is undone (the final, longer fine-tune
+        # recovers the rest), so the walk cannot drift far outside the bound.
+        allowed = cfg.reward.guard * cfg.reward.max_acc_drop
         if cfg.reward.mode == "accuracy" and baseline["val_acc"] - val_acc > allowed:
             log.warning(
                 "%s: val acc %.2f%% after fine-tune is beyond the bound; cut undone", name, val_acc

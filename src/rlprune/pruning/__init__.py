@@ -7,6 +7,7 @@ from rlprune.pruning.masking import UnitMask
 from rlprune.pruning.metrics import (
     LatencyStats,
     MacModel,
+    UnitMacs,
     count_macs_params,
     file_size,
     measure_latency,
@@ -18,6 +19,7 @@ __all__ = [
     "LatencyStats",
     "MacModel",
     "Unit",
+    "UnitMacs",
     "UnitMask",
     "build_graph",
     "classifier_names",

@@ -12,10 +12,18 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from rlprune.errors import PruningError
 from rlprune.pruning.surgery import remove_channels
 from rlprune.pruning.units import Unit
 
-__all__ = ["LatencyStats", "MacModel", "count_macs_params", "file_size", "measure_latency"]
+__all__ = [
+    "LatencyStats",
+    "MacModel",
+    "UnitMacs",
+    "count_macs_params",
+    "file_size",
+    "measure_latency",
+]
 
 
 def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
@@ -52,14 +60,80 @@ class MacModel:
         probe = copy.deepcopy(model)
         mask = torch.ones(unit.channels)
         mask[0] = 0
-        remove_channels(probe, unit, mask, example_input)
-        less, _ = count_macs_params(probe, example_input)
+        try:
+            remove_channels(probe, unit, mask, example_input)
+            less, _ = count_macs_params(probe, example_input)
+        except PruningError:
+            raise
+        except Exception as e:  # a forward that hard-codes channel counts breaks here
+            raise PruningError(
+                f"{unit.name}: the model's forward breaks once this unit is pruned "
+                f"({type(e).__name__}: {e}); add it to --set exclude=..."
+            ) from e
         return cls(total, float(total - less))
 
     def macs(self, kept: int | torch.Tensor, channels: int) -> torch.Tensor:
         """Model MACs when ``kept`` of ``channels`` are kept (works on tensors of counts)."""
         k = torch.as_tensor(kept, dtype=torch.float64)
         return self.total - self.per_channel * (channels - k)
+
+
+class UnitMacs:
+    """Model MACs as a function of the per-unit channel counts (exact for the zoo).
+
+    torch-pruning counts MACs per leaf module (conv, linear, BN, activations, pools). Which
+    units' channels pass through which layer is found by removing one channel of each unit on
+    a copy and seeing which layer counts change. A layer touched by one unit is affine in its
+    count (the probe gives the slope, so a linear layer's bias term is exact); a layer touched
+    by several (a conv between two units: ``out * in``) scales with the product of their keep
+    ratios, exact for bias-free convs. The pruned model is always counted exactly afterwards.
+    """
+
+    def __init__(self, model: nn.Module, units: list[Unit], example_input: torch.Tensor) -> None:
+        self.channels = {u.name: u.channels for u in units}
+        base = self._layer_macs(model, example_input)
+        self.total = float(count_macs_params(model, example_input)[0])
+        self.const = self.total - sum(base.values())
+        touches: dict[str, dict[str, float]] = {n: {} for n in base}
+        for u in units:
+            if u.channels < 2:
+                continue
+            probe = copy.deepcopy(model)
+            mask = torch.ones(u.channels)
+            mask[0] = 0
+            remove_channels(probe, u, mask, example_input, min_keep=1)
+            for name, macs in self._layer_macs(probe, example_input).items():
+                if name in base and macs != base[name]:
+                    touches[name][u.name] = base[name] - macs
+        # (MACs now, slope per removed channel if one unit touches the layer, touching units)
+        self.terms = [
+            (base[n], next(iter(t.values())) if len(t) == 1 else 0.0, tuple(t))
+            for n, t in touches.items()
+            if base[n]
+        ]
+
+    @staticmethod
+    def _layer_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        _, _, layer, _ = tp.utils.count_ops_and_params(model, example_input[:1], layer_wise=True)
+        model.train(was_training)
+        return {
+            n: float(layer.get(m, 0.0))
+            for n, m in model.named_modules()
+            if n and not any(True for _ in m.children())
+        }
+
+    def __call__(self, counts: dict[str, int]) -> float:
+        total = self.const
+        for macs, slope, units in self.terms:
+            if len(units) == 1:
+                macs -= slope * (self.channels[units[0]] - counts[units[0]])
+            else:
+                for u in units:
+                    macs *= counts[u] / self.channels[u]
+            total += macs
+        return total
 
 
 @dataclass(frozen=True)

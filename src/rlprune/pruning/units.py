@@ -73,7 +73,11 @@ def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyG
     was_training = model.training
     model.eval()
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+        # forward_fn: torch-pruning's default forward wraps the call in a bare `except:`, which
+        # would swallow Ctrl-C during tracing.
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_input, forward_fn=lambda m, x: m(x)
+        )
     except Exception as e:  # tracing failures come in many types
         raise PruningError(
             f"torch-pruning cannot trace this model ({type(e).__name__}: {e}); "
@@ -140,6 +144,12 @@ def find_units(
             )
         )
     if not units:
+        convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        if convs and not any(isinstance(dep_m, nn.Conv2d) for dep_m in dg.module2node):
+            raise PruningError(
+                f"torch-pruning's trace did not see the model's convs ({', '.join(convs[:3])}"
+                "...): does the forward run them under torch.no_grad or outside autograd?"
+            )
         raise PruningError("the model has no prunable conv layer (after exclusions)")
     units.sort(key=lambda u: order[u.producers[0]])
     return [
