@@ -11,7 +11,6 @@ setup: $(STAMP) data
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	# Pin the CPU build of torch that lies on local disk; a bare `torch` may pull CUDA (GBs).
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
@@ -42,6 +41,7 @@ test: setup lint
 bench: setup
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/rollouts.py
+	$(BIN)/python bench/distributed.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,7 @@ def prune(
         if name not in units:
             raise PruningError(f"unit {name} vanished from the model during the walk")
         unit = units[name]
+        t_unit = time.perf_counter()
         state = env.begin(unit, order)
         if cfg.agent.state == "weights" or not cfg.agent.shared:
             # A fresh policy per unit (the default: every layer starts from the prior with
@@ -273,9 +275,11 @@ def prune(
         decided = prog["decided"]
 
         # -- surgery, fine-tune, checkpoint ----------------------------------------------
+        t_agent = time.perf_counter()
         before = (capture_shapes(model), copy.deepcopy(model.state_dict()))
         kept = env.apply(decided["mask"])
         ft = tune(_seed(cfg.seed, u_idx, 1 << 20), cfg.finetune_steps, f"fine-tune {name}")
+        t_tuned = time.perf_counter()
         val_acc = evaluate(model, val, device=device)
         # Accuracy-bounded mode: a cut whose short fine-tune leaves val accuracy more than
         # `guard` x the bound below the baseline is undone (the final, longer fine-tune
@@ -313,6 +317,9 @@ def prune(
             "macs": macs,
             "params": params,
             "reward_set_stderr": env.stderr(base_acc),
+            # wall seconds of this process (a resumed unit counts only its resumed part)
+            "agent_s": t_agent - t_unit,
+            "finetune_s": t_tuned - t_agent,
         }
         records.append(record)
         run.log_metrics(
