@@ -70,7 +70,8 @@ def _plots(root: Path, units: list[dict[str, Any]], base: dict[str, Any]) -> lis
     for u in units:
         ax.plot(u["reward_curve"], label=u["unit"], marker=".")
     ax.set_xlabel("policy update")
-    ax.set_ylabel("mean reward of the K masks")
+    ax.set_ylabel("mean reward of the K masks (symlog)")
+    ax.set_yscale("symlog", linthresh=0.1)  # penalties beyond the bound dwarf the gains
     ax.set_title("Reward per update, per unit")
     if len(units) <= 12:
         ax.legend(fontsize=6)
