@@ -15,14 +15,14 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from rlprune.distributed import launch_argv
 
 SETTINGS = [
     "--set",
@@ -36,12 +36,6 @@ SETTINGS = [
     "--set",
     "latency_runs=5",
 ]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(ckpt: str, dataset: str, nproc: int, out: Path) -> float:
@@ -62,18 +56,7 @@ def run(ckpt: str, dataset: str, nproc: int, out: Path) -> float:
     ]
     threads = max(1, (os.cpu_count() or 2) // nproc)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    if nproc == 1:
-        cmd = [sys.executable, *prune]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc_per_node={nproc}",
-            "--master_addr=127.0.0.1",
-            f"--master_port={_port()}",
-            *prune,
-        ]
+    cmd = launch_argv(nproc, prune)
     t = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, env=env)
     return time.perf_counter() - t

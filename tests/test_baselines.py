@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -24,15 +23,6 @@ CALIB = (
     torch.randn(32, 1, 16, 16, generator=torch.Generator().manual_seed(1)),
     torch.arange(32) % 10,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread is faster and steadier on a busy 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _model(name: str, width: float, seed: int = 0) -> nn.Module:

@@ -6,7 +6,6 @@ import argparse
 import json
 import math
 import statistics
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +29,6 @@ TINY = [
     "latency_runs=3",
 ]
 MAC_TARGETED = ("l1-uniform", "global-magnitude", "taylor", "bn-scale")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread is faster and steadier on a busy 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _args(checkpoint: Path, out: Path, **kw: Any) -> argparse.Namespace:

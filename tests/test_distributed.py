@@ -1,9 +1,7 @@
 """Two gloo processes (torchrun) find the same masks and rewards as one process."""
 
 import json
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ import torch
 from rlprune.checkpoint import save_checkpoint
 from rlprune.config import TrainConfig
 from rlprune.data import load_dataset
+from rlprune.distributed import launch_argv
 from rlprune.models import ModelSpec
 from rlprune.train import train
 
@@ -40,12 +39,6 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_checkpoint(tmp_path_factory.mktemp("base") / "model.pt", model, spec)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _run(ckpt: Path, out: Path, nproc: int, *extra: str) -> dict:
     prune = [
         "-m",
@@ -60,18 +53,7 @@ def _run(ckpt: Path, out: Path, nproc: int, *extra: str) -> dict:
         *TINY,
         *extra,
     ]
-    if nproc == 1:
-        cmd = [sys.executable, *prune]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc_per_node={nproc}",
-            "--master_addr=127.0.0.1",
-            f"--master_port={_free_port()}",
-            *prune,
-        ]
+    cmd = launch_argv(nproc, prune)
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -11,7 +11,6 @@ import copy
 import functools
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,15 +46,6 @@ PROPERTY_MODELS = [
     ("vgg11-bn", 0.25),
 ]
 UNIT_COUNTS = {"vgg-small": 6, "resnet20": 12, "mobilenetv2-small": 12, "vgg11-bn": 8}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread is faster and steadier on a busy 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -17,19 +17,12 @@ from typing import Any
 import torch
 import yaml
 
+from rlprune.distributed import resolve_device
 from rlprune.errors import DataError, RlpruneError
 
 __all__ = ["main"]
 
 log = logging.getLogger("rlprune")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RlpruneError("--device cuda requested but no CUDA device is available")
-    return torch.device(name)
 
 
 def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -106,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = spec.build()
     out = Path(args.out)
     _check_writable(out)  # fail now, not after training
-    device = _device(args.device)
+    device = resolve_device(args.device)
 
     def on_epoch(epoch: int, loss: float, val_acc: float) -> None:
         print(f"epoch {epoch}: train loss {loss:.4f}  val acc {val_acc:.2f}%", flush=True)
@@ -192,7 +185,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     cfg = _prune_config(args)
     torch.manual_seed(cfg.seed)
     # Under torchrun this joins the job (gloo on CPU, NCCL on CUDA); otherwise a no-op.
-    ctx, device = init_distributed(_device(args.device))
+    ctx, device = init_distributed(resolve_device(args.device))
     model, spec, _ = load_model(args.checkpoint)
     data = _load_data(args, seed=0)
     _check_fit(spec, data)

@@ -52,6 +52,7 @@ from rlprune.baselines import BASELINES, COUNT_BASED, MAC_TARGETED, TOLERANCE, p
 from rlprune.checkpoint import atomic_write, load_model
 from rlprune.config import PruneConfig, config_to_dict, load_config
 from rlprune.data import DatasetSplits, Split, load_dataset
+from rlprune.distributed import resolve_device
 from rlprune.errors import ConfigError, DataError, RlpruneError
 from rlprune.models import ModelSpec
 from rlprune.pruning import count_macs_params, find_units, measure_latency
@@ -89,14 +90,6 @@ def _parse_targets(text: str) -> list[float]:
     if not targets or any(not 0 < t < 1 for t in targets):
         raise ConfigError(f"--targets must be MAC fractions in (0, 1), got {text!r}")
     return targets
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RlpruneError("--device cuda requested but no CUDA device is available")
-    return torch.device(name)
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -340,7 +333,7 @@ def run_compare(args: argparse.Namespace) -> str:
     base_cfg = load_config(
         PruneConfig, getattr(args, "config", None), list(getattr(args, "set", None) or [])
     )
-    device = _device(str(getattr(args, "device", "cpu")))
+    device = resolve_device(str(getattr(args, "device", "cpu")))
     quiet = bool(getattr(args, "quiet", False))
     model, spec, data = _load(args)
     out = Path(args.out)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +31,50 @@ import torch.distributed as dist
 
 from rlprune.config import PruneConfig
 from rlprune.data import Split
+from rlprune.errors import RlpruneError
 from rlprune.runstate import RunDir
 
-__all__ = ["DistContext", "FollowerRunDir", "init_distributed", "shard_split"]
+__all__ = [
+    "DistContext",
+    "FollowerRunDir",
+    "init_distributed",
+    "launch_argv",
+    "resolve_device",
+    "shard_split",
+]
 
 log = logging.getLogger(__name__)
+
+
+def launch_argv(nproc: int, argv: list[str]) -> list[str]:
+    """Command line running ``python ARGV`` on ``nproc`` local processes (torchrun, loopback).
+
+    ``nproc == 1`` runs the plain command; otherwise ``torch.distributed.run`` with a free
+    port on 127.0.0.1 (what tests and bench/distributed.py launch).
+    """
+    if nproc == 1:
+        return [sys.executable, *argv]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+        *argv,
+    ]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu | cuda[:i] | auto`` -> a device (auto: CUDA when present); chosen once, at the edge."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RlpruneError("--device cuda requested but no CUDA device is available")
+    return torch.device(name)
 
 
 @dataclass(frozen=True)

@@ -119,7 +119,7 @@ def _classify(gm: fx.GraphModule, producers: set[str]) -> dict[fx.Node, int]:
 def _apply_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``mask [C]`` (whole batch) or ``[B, C]`` (per sample) times ``x [B, C, ...]``."""
     rows = mask.shape[0] if mask.dim() == 2 else 1
-    return x * mask.view(rows, -1, *([1] * (x.dim() - 2))).to(x.dtype)
+    return x * mask.view(rows, -1, *([1] * (x.dim() - 2))).to(x)
 
 
 def split_at_frontier(

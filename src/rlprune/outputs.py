@@ -30,12 +30,13 @@ def measure_model(
     test: Split | None,
     example_input: torch.Tensor,
     latency_runs: int = 20,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """Accuracy (val, test), MACs, params and latency at batch 1 and 64."""
     macs, params = count_macs_params(model, example_input)
     out: dict[str, Any] = {
-        "val_acc": evaluate(model, val),
-        "test_acc": evaluate(model, test) if test is not None else None,
+        "val_acc": evaluate(model, val, device=device),
+        "test_acc": evaluate(model, test, device=device) if test is not None else None,
         "macs": macs,
         "params": params,
     }

@@ -249,7 +249,7 @@ class PrefixScorer:
                 self.mask.set(rows)
                 rep = [v.repeat(k, *([1] * (v.dim() - 1))) for v in vals]
                 pred = self.suffix(rows, *rep).argmax(1).view(k, b)
-                correct += (pred == self.y[i : i + step].view(1, -1)).sum(1)
+                correct += (pred == self.y[i : i + step].view(1, -1)).sum(1).cpu()
         finally:
             self.mask.set(None)
         return 100.0 * correct.double() / self.n

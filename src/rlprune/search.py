@@ -105,13 +105,20 @@ def prune(
     # -- baseline: measured once, stored, reused on resume -------------------------------
     baseline = run.read_json("state/baseline.json")
     if baseline is None:
-        baseline = measure_model(model, val, test, example, cfg.latency_runs)
+        baseline = measure_model(model, val, test, example, cfg.latency_runs, device)
         baseline["reward_set_acc"] = evaluate(model, reward_set, device=device)
         run.write_json("state/baseline.json", baseline)
     base_acc, base_macs = baseline["reward_set_acc"], baseline["macs"]
 
     env = PruningEnv(
-        model, (rx, ry), (calib.images, calib.labels), example, cfg, base_acc, base_macs, ctx
+        model,
+        (rx, ry),
+        (calib.images.to(device), calib.labels.to(device)),
+        example,
+        cfg,
+        base_acc,
+        base_macs,
+        ctx,
     )
     my_train = shard_split(train, ctx)
 
@@ -360,7 +367,7 @@ def prune(
         tune(_seed(cfg.seed, 1 << 30), steps, "final fine-tune")
         run.save_state("final.pt", {"state_dict": model.state_dict()})
     model.eval()
-    pruned = measure_model(model, val, test, example, cfg.latency_runs)
+    pruned = measure_model(model, val, test, example, cfg.latency_runs, device)
     if ctx.is_main:
         write_outputs(run, model, original, spec, example, baseline, pruned, records, cfg)
     ctx.barrier()

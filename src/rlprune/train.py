@@ -44,6 +44,12 @@ def _endless(
         )
 
 
+def _autocast(device: torch.device | str) -> torch.autocast:
+    """bf16 autocast on CUDA (no loss scaling needed), a no-op on the CPU."""
+    dev = torch.device(device)
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+
+
 def _sgd(model: nn.Module, lr: float, momentum: float, wd: float) -> torch.optim.SGD:
     # No weight decay on BN/bias parameters (standard practice, e.g. timm).
     decay = [p for p in model.parameters() if p.ndim > 1]
@@ -86,9 +92,9 @@ def train(
     bar = tqdm(range(total), desc="train", disable=not progress, leave=False)
     for step in bar:
         x, y = next(stream)
-        loss = F.cross_entropy(
-            model(x.to(device)), y.to(device), label_smoothing=cfg.label_smoothing
-        )
+        with _autocast(device):
+            logits = model(x.to(device))
+        loss = F.cross_entropy(logits.float(), y.to(device), label_smoothing=cfg.label_smoothing)
         if not torch.isfinite(loss):
             raise RlpruneError(f"training diverged (loss={loss.item()}) at step {step}; lower --lr")
         opt.zero_grad(set_to_none=True)
@@ -147,7 +153,9 @@ def fine_tune(
         running, diverged = float("nan"), False
         for step in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
             x, y = next(stream)
-            loss = F.cross_entropy(model(x.to(device)), y.to(device))
+            with _autocast(device):
+                logits = model(x.to(device))
+            loss = F.cross_entropy(logits.float(), y.to(device))
             if not torch.isfinite(loss):
                 diverged = True
                 break

@@ -42,7 +42,7 @@ class UnitMask:
             return None
         # [C] -> one mask for the whole batch; [B, C] -> one mask per sample (batched scoring)
         rows = self._mask.shape[0] if self._mask.dim() == 2 else 1
-        view = self._mask.view(rows, -1, *([1] * (out.dim() - 2))).to(out.dtype)
+        view = self._mask.view(rows, -1, *([1] * (out.dim() - 2))).to(out)
         return out * view
 
     def set(self, mask: torch.Tensor | None) -> None:

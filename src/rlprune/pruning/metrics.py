@@ -171,12 +171,16 @@ def measure_latency(
         was_training = model.training
         model.eval()
         x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
+        # CUDA kernels run asynchronously: synchronise around each timed pass.
+        sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
         for _ in range(warmup):
             model(x)
         times = []
         for _ in range(runs):
+            sync()
             t = time.perf_counter()
             model(x)
+            sync()
             times.append((time.perf_counter() - t) * 1e3)
         model.train(was_training)
     finally:
