@@ -1,8 +1,14 @@
 """End-to-end: the agent learns to prune exactly the provably useless filters."""
 
+import copy
+import dataclasses
+
+import pytest
 import torch
 
+from rlprune.cli import main
 from rlprune.config import AgentConfig, PruneConfig, RewardConfig, RolloutConfig
+from rlprune.pruning import count_macs_params, find_units, remove_channels
 from rlprune.search import prune
 from tests.toy import ToyNet, toy_split
 
@@ -34,3 +40,84 @@ def test_policy_prunes_exactly_the_zero_filters(tmp_path) -> None:
     # the learned policy itself (not only the best sample) separates the two groups
     assert unit["det_kept"] == [0, 1, 2, 3]
     assert unit["det_acc"] == 100.0
+
+
+def _toy_cfg(**reward: object) -> PruneConfig:
+    return PruneConfig(
+        finetune_steps=0,
+        final_finetune_epochs=0,
+        min_keep=1,
+        latency_runs=3,
+        agent=AgentConfig(samples=12, updates=30, lr=0.05, patience=30, min_entropy=0.0),
+        reward=RewardConfig(**reward),  # type: ignore[arg-type]
+        rollout=RolloutConfig(reward_set=200, calib_set=64),
+    )
+
+
+@pytest.mark.parametrize("mode", ["budget", "amc"])
+def test_budget_modes_land_on_the_target_without_losing_accuracy(tmp_path, mode: str) -> None:
+    # Removing the 4 zero filters of 8 is worth exactly this fraction of the MACs: the budget
+    # can be met by pruning only useless filters, so accuracy must stay at 100%.
+    model = ToyNet()
+    x = toy_split(4, 0).images[:1]
+    full = count_macs_params(model, x)[0]
+    probe = copy.deepcopy(model)
+    unit = find_units(probe, x)[0]
+    remove_channels(probe, unit, torch.tensor([1.0] * 4 + [0.0] * 4), x)
+    target = count_macs_params(probe, x)[0] / full
+    res = prune(
+        model,
+        toy_split(256, 0),
+        toy_split(200, 1),
+        _toy_cfg(mode=mode, target_macs=target),
+        test=toy_split(200, 2),
+        out_dir=tmp_path / mode,
+    )
+    assert res.units[0]["kept"] == [0, 1, 2, 3]
+    assert res.pruned["macs"] / full == pytest.approx(target, rel=0.02)
+    assert res.pruned["test_acc"] == 100.0
+
+
+def test_huang_weight_state_finds_the_zero_filters(tmp_path) -> None:
+    """Huang et al.'s state (the raw filter weights) with a per-unit policy: zero filters have
+    zero state, so the policy can tell them apart without any hand-made feature."""
+    cfg = dataclasses.replace(
+        _toy_cfg(mode="accuracy", max_acc_drop=1.0),
+        agent=AgentConfig(
+            state="weights",
+            samples=12,
+            updates=40,
+            lr=0.05,
+            patience=40,
+            min_entropy=0.0,
+            init_keep=0.5,
+        ),
+    )
+    res = prune(
+        ToyNet(),
+        toy_split(256, 0),
+        toy_split(200, 1),
+        cfg,
+        test=toy_split(200, 2),
+        out_dir=tmp_path / "w",
+    )
+    assert res.units[0]["kept"] == [0, 1, 2, 3]
+    assert res.pruned["test_acc"] == 100.0
+
+
+def test_report_command_regenerates_markdown_and_plots(tmp_path) -> None:
+    out = tmp_path / "r"
+    prune(
+        ToyNet(),
+        toy_split(64, 0),
+        toy_split(64, 1),
+        _toy_cfg(mode="accuracy"),
+        test=toy_split(64, 2),
+        out_dir=out,
+    )
+    for f in ("report.md", "reward_curves.png", "walk.png"):
+        (out / f).unlink()
+    assert main(["report", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "| test accuracy |" in text and "`conv`" in text
+    assert (out / "reward_curves.png").stat().st_size > 1000 and (out / "walk.png").exists()

@@ -32,6 +32,9 @@ def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--data-dir", default=None, help="where the dataset files are")
     p.add_argument("--download", action="store_true", help="download Fashion-MNIST if missing")
     p.add_argument("--max-train", type=int, default=None, help="use only N training images")
+    p.add_argument(
+        "--data-max-mb", type=float, default=None, help="memory cap of the training tensor (MiB)"
+    )
 
 
 def _load_data(args: argparse.Namespace, seed: int = 0) -> Any:
@@ -43,6 +46,7 @@ def _load_data(args: argparse.Namespace, seed: int = 0) -> Any:
         download=args.download,
         seed=seed,
         max_train=args.max_train,
+        max_mb=getattr(args, "data_max_mb", None),
     )
 
 
@@ -101,8 +105,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_writable(out)  # fail now, not after training
     device = resolve_device(args.device)
 
+    best = [-1.0]
+
     def on_epoch(epoch: int, loss: float, val_acc: float) -> None:
-        print(f"epoch {epoch}: train loss {loss:.4f}  val acc {val_acc:.2f}%", flush=True)
+        # The best-so-far checkpoint is on disk after every epoch: a crash loses one epoch.
+        mark = ""
+        if val_acc > best[0]:
+            best[0] = val_acc
+            meta = {"epoch": epoch, "val_acc": val_acc, "dataset": data.name, "partial": True}
+            save_checkpoint(out / "model.pt", model, spec, meta=meta)
+            mark = "  (best, saved)"
+        print(f"epoch {epoch}: train loss {loss:.4f}  val acc {val_acc:.2f}%{mark}", flush=True)
 
     t0 = time.perf_counter()
     history = train(model, data, cfg, device, progress=not args.quiet, on_epoch=on_epoch)

@@ -230,6 +230,7 @@ def _load(args: argparse.Namespace) -> tuple[nn.Module, ModelSpec | None, Datase
         download=bool(getattr(args, "download", False)),
         seed=0,
         max_train=getattr(args, "max_train", None),
+        max_mb=getattr(args, "data_max_mb", None),
     )
     if spec is not None and (
         spec.in_channels != data.in_channels or spec.num_classes != data.num_classes

@@ -200,7 +200,7 @@ class PrefixScorer:
     def _cap(self, cap_mb: float) -> None:
         size = self.cache_mb
         if size <= cap_mb:
-            log.debug("prefix cache %.1f MiB (cap %.0f)", size, cap_mb)
+            log.info("prefix cache %.1f MiB (cap %.0f MiB)", size, cap_mb)
             return
         self.cache = [t.half() if t.is_floating_point() else t for t in self.cache]
         self.exact = False

@@ -226,6 +226,7 @@ def load_dataset(
     val_fraction: float = 0.1,
     seed: int = 0,
     max_train: int | None = None,
+    max_mb: float | None = None,
 ) -> DatasetSplits:
     """Load a dataset as normalised train/val/test tensors.
 
@@ -238,6 +239,8 @@ def load_dataset(
         seed: Seed of the validation carve (the test split never depends on it).
         max_train: If given, keep only this many training examples (after the carve), chosen
             by the same seeded permutation.
+        max_mb: Memory cap (MiB) of the float32 training tensor; above it the training part is
+            subsampled (same permutation) and a log line says so. Val and test are never cut.
 
     Returns:
         A :class:`DatasetSplits` whose splits hold float32 ``[N, C, H, W]`` images normalised
@@ -264,6 +267,21 @@ def load_dataset(
     val_idx, train_idx = np.sort(perm[:n_val]), perm[n_val:]
     if max_train is not None:
         train_idx = train_idx[:max_train]
+    if max_mb is not None:
+        if max_mb <= 0:
+            raise DataError(f"the data memory cap must be > 0 MiB, got {max_mb}")
+        per_image = 4 * int(np.prod(raw.x_train.shape[1:]))
+        fit = int(max_mb * 2**20 // per_image)
+        if fit < len(train_idx):
+            logger.info(
+                "%s: %d training images (%.0f MiB) exceed the %.0f MiB cap: using %d",
+                name,
+                len(train_idx),
+                len(train_idx) * per_image / 2**20,
+                max_mb,
+                fit,
+            )
+            train_idx = train_idx[:fit]
     sizes = {"train": len(train_idx), "val": len(val_idx), "test": raw.x_test.shape[0]}
     small = {k: v for k, v in sizes.items() if v < 2}
     if small:
