@@ -444,3 +444,21 @@ def test_cli_inspect(pruned_resnet: tuple[nn.Module, Path], tmp_path: Path) -> N
     assert bad.returncode != 0
     err = bad.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("rlprune: error:"), bad.stderr
+
+
+def test_onnx_export_runs_in_onnxruntime(tmp_path: Path) -> None:
+    """The pruned model exports to ONNX with a dynamic batch and onnxruntime agrees."""
+    ort = pytest.importorskip("onnxruntime")  # a dev dependency: present in `make test`
+    from rlprune.pruning.export import export_onnx
+
+    model = build_model("resnet20", 1, 10, 16, width=0.5).eval()
+    x = torch.randn(1, 1, 16, 16)
+    unit = find_units(model, x)[0]
+    remove_channels(model, unit, (torch.arange(unit.channels) % 2 == 0).float(), x)
+    path = export_onnx(model, x, tmp_path / "m.onnx")
+    assert path is not None and path.exists()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):
+        xb = torch.randn(batch, 1, 16, 16)
+        (out,) = sess.run(None, {sess.get_inputs()[0].name: xb.numpy()})
+        assert torch.allclose(torch.from_numpy(out), model(xb).detach(), atol=1e-4)

@@ -80,7 +80,13 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path)
     model.eval()
     path = Path(path)
     try:
-        torch.onnx.export(model, (example_input[:1],), str(path), dynamo=True)
+        x = example_input[:1].expand(2, *example_input.shape[1:]).contiguous()
+        batch = torch.export.Dim("batch", min=1, max=65536)
+        program = torch.onnx.export(
+            model, (x,), dynamo=True, dynamic_shapes=({0: batch},), verbose=False
+        )
+        assert program is not None
+        atomic_write(path, lambda f: f.write(program.model_proto.SerializeToString()))
     except Exception as e:  # the exporter's optional dependencies vary by torch version
         log.warning(
             "ONNX export failed (%s: %s); the .pt2 export is unaffected", type(e).__name__, e
