@@ -121,3 +121,24 @@ def test_report_command_regenerates_markdown_and_plots(tmp_path) -> None:
     text = (out / "report.md").read_text()
     assert "| test accuracy |" in text and "`conv`" in text
     assert (out / "reward_curves.png").stat().st_size > 1000 and (out / "walk.png").exists()
+
+
+def test_budget_projection_lands_on_the_unit_budget(tmp_path) -> None:
+    """With reward.project, a mask that misses its budget is completed in policy order."""
+    model = ToyNet()
+    x = toy_split(4, 0).images[:1]
+    full = count_macs_params(model, x)[0]
+    cfg = _toy_cfg(mode="budget", target_macs=0.75, project=True)
+    cfg = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, updates=2, patience=2))
+    res = prune(
+        model,
+        toy_split(256, 0),
+        toy_split(200, 1),
+        cfg,
+        test=toy_split(200, 2),
+        out_dir=tmp_path / "p",
+    )
+    unit = res.units[0]
+    # 6 of 8 filters is the count whose MACs are closest to 75% of the toy's MACs
+    assert unit["channels_after"] == 6, unit["chosen"]
+    assert res.pruned["macs"] / full == pytest.approx(0.75, abs=0.05)

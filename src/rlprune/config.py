@@ -115,6 +115,7 @@ class RewardConfig:
     efficiency: str = "macs"  # "macs" | "filters": what the efficiency term counts
     target_macs: float = 0.0  # fraction of baseline MACs to reach (budget/amc modes)
     guard: float = 2.0  # accuracy mode: undo a cut if val drop after its fine-tune > guard * bound
+    project: bool = False  # budget modes: project the chosen mask onto the unit's MAC budget
     budget_penalty: float = 100.0  # pp per unit of log-overshoot of the unit's MAC budget
     budget_under: float = 20.0  # pp per unit of log-undershoot (pruning past the unit's share)
 

@@ -223,6 +223,27 @@ class PruningEnv:
             rewards = amc_reward(accs, macs, self.budget, rc.budget_penalty)
         return RolloutBatch(rewards.float(), accs.float(), macs, kept)
 
+    def project_to_budget(self, mask: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """The mask with the channel count closest to the unit's MAC budget (budget modes).
+
+        Pruned filters with the highest keep probability come back first; kept filters with
+        the lowest go first. ``probs [C]``; returns a new ``[C]`` 0/1 mask.
+        """
+        assert self.unit is not None and self.mac_model is not None
+        c, mm = self.unit.channels, self.mac_model
+        per = mm.per_channel
+        want = c if per <= 0 else c - round((mm.total - self.budget) / per)
+        want = min(c, max(resolve_min_keep(self.cfg.min_keep, c), want))
+        out = mask.detach().clone().float()
+        have = int(out.sum())
+        if have < want:
+            cand = torch.nonzero(out == 0).flatten()
+            out[cand[torch.argsort(probs[cand], descending=True)[: want - have]]] = 1
+        elif have > want:
+            cand = torch.nonzero(out == 1).flatten()
+            out[cand[torch.argsort(probs[cand])[: have - want]]] = 0
+        return out
+
     def apply(self, mask: torch.Tensor) -> list[int]:
         """Physically remove the current unit's channels where ``mask`` is 0."""
         assert self.unit is not None

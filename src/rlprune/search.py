@@ -259,6 +259,14 @@ def prune(
             if mask is None or det_reward > prog["best_reward"]:
                 chosen, mask, acc = "deterministic", det, det_acc
             reward = max(det_reward, prog["best_reward"])
+            if cfg.reward.mode != "accuracy" and cfg.reward.project:
+                # AMC-style action projection: add back / drop filters in policy order until
+                # the unit lands on its MAC budget, then score the projected mask.
+                projected = env.project_to_budget(mask, agent.probs(state))
+                if not torch.equal(projected, mask):
+                    pb = env.score(projected[None])
+                    chosen, mask = f"{chosen}+projected", projected
+                    acc, reward = float(pb.accs[0]), float(pb.rewards[0])
             collapsed = (cfg.reward.mode == "accuracy" and reward <= 0) or (
                 acc is not None and base_acc - acc > 50.0
             )
