@@ -85,7 +85,9 @@ def test_adaptive_bn_fast_path_matches_naive_path(name: str) -> None:
             assert torch.allclose(a, b, atol=1e-4), unit.name
             assert torch.allclose(c, b, atol=1e-4), unit.name
             # adapting BN changes the answer (stale statistics are what it fixes)
-            assert not torch.allclose(b, PrefixScorer(model, unit, x, y, 16).logits(mask))
+            stale = PrefixScorer(model, unit, x, y, 16)
+            assert not torch.allclose(b, stale.logits(mask))
+            stale.close()
         finally:
             fast.close()
             masked.close()

@@ -13,18 +13,22 @@ from rlprune.search import prune
 from tests.toy import ToyNet, toy_split
 
 
-def test_policy_prunes_exactly_the_zero_filters(tmp_path) -> None:
-    torch.manual_seed(0)
-    model = ToyNet()
-    cfg = PruneConfig(
+def _toy_cfg(updates: int = 30, **reward: object) -> PruneConfig:
+    return PruneConfig(
         finetune_steps=0,
         final_finetune_epochs=0,
         min_keep=1,
         latency_runs=3,
-        agent=AgentConfig(samples=12, updates=40, lr=0.05, patience=40, min_entropy=0.0),
-        reward=RewardConfig(mode="accuracy", max_acc_drop=1.0),
+        agent=AgentConfig(samples=12, updates=updates, lr=0.05, patience=updates, min_entropy=0.0),
+        reward=RewardConfig(**reward),  # type: ignore[arg-type]
         rollout=RolloutConfig(reward_set=200, calib_set=64),
     )
+
+
+def test_policy_prunes_exactly_the_zero_filters(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = ToyNet()
+    cfg = _toy_cfg(updates=40, mode="accuracy", max_acc_drop=1.0)
     res = prune(
         model,
         toy_split(256, 0),
@@ -40,18 +44,6 @@ def test_policy_prunes_exactly_the_zero_filters(tmp_path) -> None:
     # the learned policy itself (not only the best sample) separates the two groups
     assert unit["det_kept"] == [0, 1, 2, 3]
     assert unit["det_acc"] == 100.0
-
-
-def _toy_cfg(**reward: object) -> PruneConfig:
-    return PruneConfig(
-        finetune_steps=0,
-        final_finetune_epochs=0,
-        min_keep=1,
-        latency_runs=3,
-        agent=AgentConfig(samples=12, updates=30, lr=0.05, patience=30, min_entropy=0.0),
-        reward=RewardConfig(**reward),  # type: ignore[arg-type]
-        rollout=RolloutConfig(reward_set=200, calib_set=64),
-    )
 
 
 @pytest.mark.parametrize("mode", ["budget", "amc"])

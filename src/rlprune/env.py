@@ -117,7 +117,6 @@ class PruningEnv:
         self.calib = calib
         self.example = example_input
         self.cfg = cfg
-        self.base_acc = base_acc
         self.ref_acc = base_acc  # accuracy of the model as it enters the current unit
         self.base_macs = base_macs
         self.unit: Unit | None = None
