@@ -1,4 +1,4 @@
-"""Rollout throughput: naive path vs fast path (prefix cache) per unit, and a whole search.
+"""Rollout throughput: naive path vs fast path per unit, and whole searches (issue 5).
 
 Usage (also run by ``make bench``)::
 
@@ -6,17 +6,26 @@ Usage (also run by ``make bench``)::
 
 Per unit of vgg-small and resnet20 on Fashion-MNIST validation images it prints rollouts/s of
 
-* naive   — deepcopy + physical cut (torch-pruning) + full forward, per mask,
-* fast    — prefix cache + suffix-only forward with the live model masked,
-* batched — fast, with the K masks of an update scored in one pass,
+* naive      - deepcopy + physical cut (torch-pruning) + full forward per mask, on the model as
+               users hand it over (NCHW): the naive path of issue 5,
+* naive NHWC - the same on an NHWC copy (how much of the gain is memory layout alone),
+* fast       - what ``rlprune prune`` does: NHWC model, prefix cache, suffix-only forward with
+               the live model masked,
+* batched    - fast, with the K masks of an update scored in one pass; adaptive BN off, so it
+               is compared with the fast path with adaptive BN off, one mask at a time,
 
-and the median fast/naive ratio. With a trained checkpoint it then times a whole search with the
-demo settings (accuracy-bounded, 1 pp).
+all with adaptive BN (the default) unless said otherwise, the median fast/naive ratio, and
+``MAC bound``: MACs per naive rollout / MACs per fast rollout. No exact method can beat that
+bound without also beating the arithmetic throughput of the kernels.
+
+With a trained checkpoint it then times whole searches with the demo settings (accuracy-bounded,
+1 pp), NHWC (the default) and NCHW.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -25,11 +34,12 @@ import time
 from pathlib import Path
 
 import torch
+import torch_pruning as tp
 
 from rlprune.checkpoint import load_model
 from rlprune.config import PruneConfig
 from rlprune.data import load_dataset
-from rlprune.models import build_model
+from rlprune.models import build_model, set_layout
 from rlprune.pruning import find_units
 from rlprune.rollouts import NaiveScorer, PrefixScorer
 from rlprune.search import prune
@@ -43,41 +53,82 @@ def _rate(fn, reps: int) -> float:
     return reps / (time.perf_counter() - t)
 
 
+def _suffix_share(model: torch.nn.Module, scorer: PrefixScorer, x: torch.Tensor) -> float:
+    """MACs of the suffix graph / MACs of the whole model (per image)."""
+    total, _, layer, _ = tp.utils.count_ops_and_params(model, x[:1], layer_wise=True)
+    per_name = {n: float(layer.get(m) or 0.0) for n, m in model.named_modules()}
+    suffix = sum(
+        per_name.get(str(n.target), 0.0) for n in scorer.suffix.graph.nodes if n.op == "call_module"
+    )
+    return suffix / float(total)
+
+
 def bench_model(
     name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, calib: torch.Tensor, k: int
 ) -> list[float]:
-    model.eval()
+    model = set_layout(model.eval(), False)
+    nhwc = set_layout(copy.deepcopy(model), True)
     g = torch.Generator().manual_seed(0)
     print(
-        f"\n### {name} — reward set {len(y)} images, adaptive BN on {len(calib)} calibration "
+        f"\n### {name}: reward set {len(y)} images, adaptive BN on {len(calib)} calibration "
         f"images (the default), batch 250; batched = K = {k} masks per pass, adaptive BN off\n"
     )
     print(
-        "| unit | ch | naive r/s | fast r/s | batched r/s | fast/naive | batched/naive (no BN adapt) | cache MiB | cache build s |"
+        "| unit | ch | suffix MACs | naive r/s | naive NHWC r/s | fast r/s | fast/naive "
+        "| fast/naive NHWC | MAC bound | fast, no BN adapt r/s | batched, no BN adapt r/s "
+        "| cache MiB |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     ratios = []
     for unit in find_units(model, x[:1]):
         masks = (torch.rand(k, unit.channels, generator=g) > 0.3).float()
         naive = NaiveScorer(model, unit, x, y, 250, calib_x=calib)
-        t = time.perf_counter()
-        fast = PrefixScorer(model, unit, x, y, 250, calib_x=calib)
-        build = time.perf_counter() - t
+        naive_cl = NaiveScorer(nhwc, unit, x, y, 250, calib_x=calib)
+        fast = PrefixScorer(nhwc, unit, x, y, 250, calib_x=calib)
         r_naive = _rate(lambda n=naive, m=masks: n.accuracy(m[0]), 2)
+        r_naive_cl = _rate(lambda n=naive_cl, m=masks: n.accuracy(m[0]), 2)
         r_fast = _rate(lambda f=fast, m=masks: f.accuracy(m[1]), 4)
-        plain_naive = NaiveScorer(model, unit, x, y, 250)
-        plain = PrefixScorer(model, unit, x, y, 250)
-        r_plain_naive = _rate(lambda n=plain_naive, m=masks: n.accuracy(m[0]), 2)
+        share = _suffix_share(model, fast, x)
+        plain = PrefixScorer(nhwc, unit, x, y, 250)
+        r_plain = _rate(lambda f=plain, m=masks: f.accuracy(m[1]), 4)
         r_batch = k * _rate(lambda f=plain, m=masks: f.accuracies(m), 1)
         plain.close()
         ratios.append(r_fast / r_naive)
         print(
-            f"| {unit.name} | {unit.channels} | {r_naive:.2f} | {r_fast:.2f} | {r_batch:.2f} | "
-            f"{r_fast / r_naive:.1f}x | {r_batch / r_plain_naive:.1f}x | {fast.cache_mb:.1f} | {build:.2f} |"
+            f"| {unit.name} | {unit.channels} | {100 * share:.0f}% | {r_naive:.2f} | "
+            f"{r_naive_cl:.2f} | {r_fast:.2f} | {r_fast / r_naive:.1f}x | "
+            f"{r_fast / r_naive_cl:.1f}x | {1 / max(share, 1e-9):.1f}x | {r_plain:.2f} | {r_batch:.2f} | "
+            f"{fast.cache_mb:.1f} |"
         )
         fast.close()
     print(f"\nmedian fast/naive over units: **{statistics.median(ratios):.1f}x**")
     return ratios
+
+
+def bench_search(ckpt: Path, data, channels_last: bool) -> str:
+    model, spec, _ = load_model(ckpt)
+    with tempfile.TemporaryDirectory() as out:
+        t = time.perf_counter()
+        res = prune(
+            model,
+            data.train,
+            data.val,
+            PruneConfig(channels_last=channels_last),
+            test=data.test,
+            out_dir=out,
+            spec=spec,
+            hflip=data.hflip,
+        )
+        wall = time.perf_counter() - t
+    agent = sum(u["agent_s"] for u in res.units)
+    tune = sum(u["finetune_s"] for u in res.units)
+    scored = sum(u["rollouts_scored"] for u in res.units)
+    reused = sum(u["rollouts_reused"] for u in res.units)
+    return (
+        f"| {'NHWC' if channels_last else 'NCHW'} | {wall:.0f} | {agent:.0f} | {tune:.0f} | "
+        f"{scored} / {reused} | {res.baseline['macs'] / res.pruned['macs']:.2f}x | "
+        f"{res.baseline['test_acc']:.2f} -> {res.pruned['test_acc']:.2f} |"
+    )
 
 
 def main() -> None:
@@ -100,28 +151,16 @@ def main() -> None:
     vgg = load_model(ckpt)[0] if ckpt.is_file() else build_model("vgg-small", 1, 10, 28)
     bench_model("vgg-small", vgg, x, y, calib, args.k)
     bench_model("resnet20", build_model("resnet20", 1, 10, 28), x, y, calib, args.k)
-    if args.no_search or not ckpt.is_file():
-        print("\n(whole-search timing skipped: no trained checkpoint; run `make demo` first)")
+    if args.no_search:
         return
-    model, spec, _ = load_model(ckpt)
-    with tempfile.TemporaryDirectory() as out:
-        t = time.perf_counter()
-        res = prune(
-            model,
-            data.train,
-            data.val,
-            PruneConfig(),
-            test=data.test,
-            out_dir=out,
-            spec=spec,
-            hflip=data.hflip,
-        )
-        wall = time.perf_counter() - t
-    print(
-        f"\nwhole search, demo settings (vgg-small, --max-acc-drop 1): {wall:.0f} s wall; "
-        f"MACs {res.baseline['macs'] / res.pruned['macs']:.2f}x smaller, test acc "
-        f"{res.baseline['test_acc']:.2f}% -> {res.pruned['test_acc']:.2f}%"
-    )
+    if not ckpt.is_file():
+        print(f"\n(whole-search timing skipped: no checkpoint at {ckpt}; run `make demo` first)")
+        return
+    print("\n### whole search, demo settings (vgg-small, --max-acc-drop 1)\n")
+    print("| layout | wall s | agent s | fine-tune s | rollouts scored / reused | MACs | test % |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for channels_last in (True, False):
+        print(bench_search(ckpt, data, channels_last), flush=True)
 
 
 if __name__ == "__main__":

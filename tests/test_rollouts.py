@@ -1,12 +1,13 @@
 """The fast path (prefix cache + suffix) returns exactly the naive path's accuracy."""
 
+import copy
 import logging
 
 import pytest
 import torch
 
 from rlprune.frontier import split_at_frontier
-from rlprune.models import build_model
+from rlprune.models import build_model, set_layout
 from rlprune.pruning import UnitMask, find_units
 from rlprune.rollouts import (
     MaskedScorer,
@@ -29,11 +30,14 @@ def _randomised(name: str) -> torch.nn.Module:
     return model
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("name", ["vgg-small", "resnet20", "mobilenetv2-small"])
-def test_fast_path_matches_naive_path_on_every_unit(name: str) -> None:
+def test_fast_path_matches_naive_path_on_every_unit(name: str, channels_last: bool) -> None:
+    """The reference stays NCHW (the naive path of issue 5); the fast path may run NHWC."""
     model = _randomised(name)
+    live = set_layout(copy.deepcopy(model), True) if channels_last else model
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(96, 1, 16, 16, generator=g)
+    x = torch.randn(96, 3, 16, 16, generator=g)[:, :1]  # a non-contiguous slice, on purpose
     # Labels from the unpruned model, so accuracies are far from 0 and masks change them.
     with torch.no_grad():
         y = model(x).argmax(1)
@@ -41,8 +45,10 @@ def test_fast_path_matches_naive_path_on_every_unit(name: str) -> None:
         mask = (torch.rand(unit.channels, generator=g) > 0.4).float()
         mask[0] = 1
         naive = NaiveScorer(model, unit, x, y, 32)
-        fast = PrefixScorer(model, unit, x, y, 32)
+        fast = PrefixScorer(live, unit, x, y, 32)
         try:
+            if channels_last and fast.cache[0].dim() == 4 and fast.cache[0].shape[1] > 1:
+                assert fast.cache[0].is_contiguous(memory_format=torch.channels_last)
             a, b = naive.logits(mask), fast.logits(mask)
             assert torch.allclose(a, b, atol=1e-5), unit.name
             assert naive.accuracy(mask) == fast.accuracy(mask), unit.name
@@ -51,6 +57,7 @@ def test_fast_path_matches_naive_path_on_every_unit(name: str) -> None:
     # Hooks are gone: the model is exactly as before.
     with torch.no_grad():
         assert torch.equal(model(x).argmax(1), y)
+        assert torch.equal(live(x).argmax(1), y)
 
 
 def test_prefix_cut_skips_the_units_own_layers() -> None:

@@ -51,6 +51,7 @@ class TrainConfig:
     augment: bool = True
     label_smoothing: float = 0.0
     seed: int = 0
+    channels_last: bool = True  # NHWC weights: oneDNN's fast CPU path (docs/BENCHMARKS.md)
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
@@ -183,6 +184,10 @@ class PruneConfig:
     batch_size: int = 128
     weight_decay: float = 5e-4
     latency_runs: int = 20
+    # NHWC layout for rollouts, fine-tuning and measurement (issue 5): on this CPU max-pool
+    # runs 7-17x and convs 1.1-1.3x faster than NCHW, with the same accuracies
+    # (docs/BENCHMARKS.md). The pruned model files are layout-free state dicts.
+    channels_last: bool = True
     agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)

@@ -16,6 +16,7 @@ from torch import nn
 from rlprune.agent import feature_state, unit_statistics, weight_state
 from rlprune.config import PruneConfig
 from rlprune.distributed import DistContext
+from rlprune.models import set_layout
 from rlprune.pruning import (
     MacModel,
     Unit,
@@ -123,6 +124,11 @@ class PruningEnv:
         self._scorer: Scorer | None = None
         self.mac_model: MacModel | None = None
         self.budget: float = 0.0
+        # Exact reuse: a mask's accuracy is a deterministic function of the mask, so a mask
+        # sampled again (common once the policy sharpens) is looked up, not re-scored.
+        self._memo: dict[bytes, float] = {}
+        self.scored = 0  # rollouts run on the reward set for the current unit
+        self.reused = 0  # rollouts answered from the memo
 
     # ------------------------------------------------------------------ units and state
     def units(self) -> list[Unit]:
@@ -138,6 +144,7 @@ class PruningEnv:
         """
         self.end()
         self.unit = unit
+        self._memo, self.scored, self.reused = {}, 0, 0
         self.model.eval()
         self.mac_model = MacModel.measure(self.model, unit, self.example)
         macs_now = self.mac_model.total
@@ -199,16 +206,28 @@ class PruningEnv:
         unit, rc = self.unit, self.cfg.reward
         kept = masks.sum(dim=1)
         scorer = self._scorer
-        # Every rank holds the same K masks; each scores its share, a SUM all-reduce of the
-        # zero-filled vector hands all K accuracies to every rank (issue 8).
-        mine = self.dist.my_indices(len(masks))
-        accs = torch.zeros(len(masks), dtype=torch.float64)
+        keys = [bytes(m.to(torch.uint8).cpu().numpy()) for m in masks.detach()]
+        new: list[int] = []  # first occurrence of each mask not scored yet
+        seen = set(self._memo)
+        for i, k in enumerate(keys):
+            if k not in seen:
+                seen.add(k)
+                new.append(i)
+        # Every rank holds the same K masks and the same memo; each scores its share of the
+        # new ones, a SUM all-reduce of the zero-filled vector hands all of them to every rank.
+        mine = [new[j] for j in self.dist.my_indices(len(new))]
+        fresh = torch.zeros(len(masks), dtype=torch.float64)
         if self.cfg.rollout.batched and isinstance(scorer, PrefixScorer) and len(mine) > 1:
-            accs[mine] = scorer.accuracies(masks[mine])
+            fresh[mine] = scorer.accuracies(masks[mine])
         else:
             for i in mine:
-                accs[i] = self.accuracy(masks[i])
-        accs = self.dist.sum(accs)
+                fresh[i] = self.accuracy(masks[i])
+        fresh = self.dist.sum(fresh)
+        for i in new:
+            self._memo[keys[i]] = float(fresh[i])
+        accs = torch.tensor([self._memo[k] for k in keys], dtype=torch.float64)
+        self.scored += len(new)
+        self.reused += len(masks) - len(new)
         macs = self.mac_model.macs(kept, unit.channels)
         drop = self.ref_acc - accs
         if rc.mode == "accuracy":
@@ -248,4 +267,6 @@ class PruningEnv:
         assert self.unit is not None
         unit = self.unit
         self.end()
-        return remove_channels(self.model, unit, mask, self.example, self.cfg.min_keep)
+        kept = remove_channels(self.model, unit, mask, self.example, self.cfg.min_keep)
+        set_layout(self.model, self.cfg.channels_last)  # new tensors come back NCHW
+        return kept

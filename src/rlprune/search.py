@@ -27,7 +27,7 @@ from rlprune.data import Split
 from rlprune.distributed import DistContext, FollowerRunDir, shard_split
 from rlprune.env import PruningEnv
 from rlprune.errors import PruningError
-from rlprune.models import ModelSpec
+from rlprune.models import ModelSpec, set_layout
 from rlprune.outputs import measure_model, write_outputs
 from rlprune.pruning import count_macs_params, find_units
 from rlprune.runstate import RunDir
@@ -96,7 +96,7 @@ def prune(
     cfg = run.start(cfg, resume)
     ctx.barrier()  # followers read the folder rank 0 has just created
     original = copy.deepcopy(model).to(device).eval()
-    model = copy.deepcopy(original)
+    model = set_layout(copy.deepcopy(original), cfg.channels_last)
     example = val.images[:1].to(device)
     reward_set = val.subset(min(cfg.rollout.reward_set, len(val)), seed=cfg.seed)
     calib = train.subset(min(cfg.rollout.calib_set, len(train)), seed=cfg.seed + 1)
@@ -161,6 +161,7 @@ def prune(
     saved = run.load_state("model.pt")
     if saved is not None:
         apply_shapes(model, saved["shapes"])
+        set_layout(model, cfg.channels_last)
         model.load_state_dict(saved["state_dict"])
         model.eval()
         records = list(saved["records"])
@@ -305,6 +306,7 @@ def prune(
                 "%s: val acc %.2f%% after fine-tune is beyond the bound; cut undone", name, val_acc
             )
             apply_shapes(model, before[0])
+            set_layout(model, cfg.channels_last)
             model.load_state_dict(before[1])
             model.eval()
             kept, decided = list(range(unit.channels)), {**decided, "chosen": "reverted"}
@@ -324,6 +326,8 @@ def prune(
             "det_acc": decided["det_acc"],
             "det_kept": decided["det_kept"],
             "updates": prog["update"],
+            "rollouts_scored": env.scored,  # this process; a resumed unit counts its part
+            "rollouts_reused": env.reused,
             "reward_curve": prog["curve"],
             "reward_max_curve": prog["max_curve"],
             "budget_macs": env.budget if cfg.reward.mode != "accuracy" else None,
@@ -347,13 +351,15 @@ def prune(
             }
         )
         log.info(
-            "%s: %d -> %d channels (%s), val acc %.2f%%, MACs %.1f%%",
+            "%s: %d -> %d channels (%s), val acc %.2f%%, MACs %.1f%% (%d rollouts, %d reused)",
             name,
             unit.channels,
             len(kept),
             decided["chosen"],
             val_acc,
             100 * macs / base_macs,
+            env.scored,
+            env.reused,
         )
         run.save_state(
             "model.pt",

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from rlprune.config import TrainConfig
 from rlprune.data import DatasetSplits, Split, batches
 from rlprune.errors import RlpruneError
+from rlprune.models import set_layout
 
 __all__ = ["evaluate", "fine_tune", "train"]
 
@@ -82,7 +83,7 @@ def train(
     gen = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     total = max(1, round(cfg.epochs * steps_per_epoch))
-    model.to(device).train()
+    set_layout(model.to(device), cfg.channels_last).train()
     opt = _sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
     stream = _endless(data.train, cfg.batch_size, gen, cfg.augment, data.hflip)

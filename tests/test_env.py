@@ -1,0 +1,61 @@
+"""The environment: exact reuse of repeated masks, and the NHWC layout kept across surgery."""
+
+import pytest
+import torch
+
+from rlprune.config import PruneConfig
+from rlprune.env import PruningEnv
+from rlprune.models import build_model, set_layout
+from rlprune.pruning import count_macs_params
+
+from .toy import ToyNet, toy_split
+
+
+def _env(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: PruneConfig) -> PruningEnv:
+    macs, _ = count_macs_params(model, x[:1])
+    return PruningEnv(model, (x, y), (x[:32], y[:32]), x[:1], cfg, 100.0, macs)
+
+
+def test_repeated_masks_are_scored_once_with_the_same_accuracy() -> None:
+    data = toy_split(64, seed=0)
+    env = _env(ToyNet(), data.images, data.labels, PruneConfig())
+    unit = env.units()[0]
+    env.begin(unit, [unit.name])
+    calls: list[torch.Tensor] = []
+    scorer = env._scorer
+    assert scorer is not None
+    real = scorer.accuracy
+    scorer.accuracy = lambda m: calls.append(m.clone()) or real(m)  # type: ignore[method-assign]
+    keep_all = torch.ones(8)
+    drop_k0 = keep_all.clone()
+    drop_k0[0] = 0  # class 0's detector: a 25 pp drop
+    drop_z = keep_all.clone()
+    drop_z[5] = 0  # a zero filter: no drop
+    first = env.score(torch.stack([drop_k0, drop_k0, drop_z]))
+    second = env.score(torch.stack([drop_z, keep_all, drop_k0]))
+    assert len(calls) == 3  # drop_k0, drop_z, keep_all: each scored once
+    assert (env.scored, env.reused) == (3, 3)
+    assert first.accs.tolist() == [75.0, 75.0, 100.0]
+    assert second.accs.tolist() == [100.0, 100.0, 75.0]
+    assert torch.equal(first.rewards[0], second.rewards[2])
+    env.begin(unit, [unit.name])  # a new unit starts with an empty memo
+    assert (env.scored, env.reused) == (0, 0)
+    env.end()
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_surgery_keeps_the_configured_layout(channels_last: bool) -> None:
+    torch.manual_seed(0)
+    model = set_layout(build_model("resnet20", 1, 10, 16, width=0.5).eval(), channels_last)
+    x, y = torch.randn(40, 1, 16, 16), torch.randint(0, 10, (40,))
+    env = _env(model, x, y, PruneConfig(channels_last=channels_last))
+    unit = env.units()[1]
+    env.begin(unit, [u.name for u in env.units()])
+    mask = torch.ones(unit.channels)
+    mask[::2] = 0
+    env.apply(mask)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=fmt) for p in convs)
+    with torch.no_grad():
+        assert model(x).shape == (40, 10)
