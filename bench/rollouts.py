@@ -46,11 +46,15 @@ from rlprune.search import prune
 
 
 def _rate(fn, reps: int) -> float:
-    fn()  # warm-up
-    t = time.perf_counter()
+    """Calls per second: 1 / median of ``reps`` timed calls after one warm-up call (the median
+    resists the noise of a shared 2-core machine)."""
+    fn()
+    times = []
     for _ in range(reps):
+        t = time.perf_counter()
         fn()
-    return reps / (time.perf_counter() - t)
+        times.append(time.perf_counter() - t)
+    return 1.0 / statistics.median(times)
 
 
 def _suffix_share(model: torch.nn.Module, scorer: PrefixScorer, x: torch.Tensor) -> float:
@@ -85,13 +89,13 @@ def bench_model(
         naive = NaiveScorer(model, unit, x, y, 250, calib_x=calib)
         naive_cl = NaiveScorer(nhwc, unit, x, y, 250, calib_x=calib)
         fast = PrefixScorer(nhwc, unit, x, y, 250, calib_x=calib)
-        r_naive = _rate(lambda n=naive, m=masks: n.accuracy(m[0]), 2)
-        r_naive_cl = _rate(lambda n=naive_cl, m=masks: n.accuracy(m[0]), 2)
-        r_fast = _rate(lambda f=fast, m=masks: f.accuracy(m[1]), 4)
+        r_naive = _rate(lambda n=naive, m=masks: n.accuracy(m[0]), 3)
+        r_naive_cl = _rate(lambda n=naive_cl, m=masks: n.accuracy(m[0]), 3)
+        r_fast = _rate(lambda f=fast, m=masks: f.accuracy(m[0]), 5)
         share = _suffix_share(model, fast, x)
         plain = PrefixScorer(nhwc, unit, x, y, 250)
-        r_plain = _rate(lambda f=plain, m=masks: f.accuracy(m[1]), 4)
-        r_batch = k * _rate(lambda f=plain, m=masks: f.accuracies(m), 1)
+        r_plain = _rate(lambda f=plain, m=masks: f.accuracy(m[0]), 5)
+        r_batch = k * _rate(lambda f=plain, m=masks: f.accuracies(m), 3)
         plain.close()
         ratios.append(r_fast / r_naive)
         print(
@@ -125,7 +129,8 @@ def bench_search(ckpt: Path, data, channels_last: bool) -> str:
     scored = sum(u["rollouts_scored"] for u in res.units)
     reused = sum(u["rollouts_reused"] for u in res.units)
     return (
-        f"| {'NHWC' if channels_last else 'NCHW'} | {wall:.0f} | {agent:.0f} | {tune:.0f} | "
+        f"| {'NHWC' if channels_last else 'NCHW'} | {wall:.0f} | {agent:.0f} | "
+        f"{1e3 * agent / max(1, scored):.0f} | {tune:.0f} | "
         f"{scored} / {reused} | {res.baseline['macs'] / res.pruned['macs']:.2f}x | "
         f"{res.baseline['test_acc']:.2f} -> {res.pruned['test_acc']:.2f} |"
     )
@@ -157,8 +162,11 @@ def main() -> None:
         print(f"\n(whole-search timing skipped: no checkpoint at {ckpt}; run `make demo` first)")
         return
     print("\n### whole search, demo settings (vgg-small, --max-acc-drop 1)\n")
-    print("| layout | wall s | agent s | fine-tune s | rollouts scored / reused | MACs | test % |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| layout | wall s | agent s | agent ms per rollout | fine-tune s "
+        "| rollouts scored / reused | MACs | test % |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for channels_last in (True, False):
         print(bench_search(ckpt, data, channels_last), flush=True)
 

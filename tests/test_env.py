@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from rlprune.config import PruneConfig
+from rlprune.config import PruneConfig, RewardConfig
 from rlprune.env import PruningEnv
 from rlprune.models import build_model, set_layout
-from rlprune.pruning import count_macs_params
+from rlprune.pruning import MacModel, count_macs_params
 
 from .toy import ToyNet, toy_split
 
@@ -59,3 +59,20 @@ def test_surgery_keeps_the_configured_layout(channels_last: bool) -> None:
     assert convs and all(p.is_contiguous(memory_format=fmt) for p in convs)
     with torch.no_grad():
         assert model(x).shape == (40, 10)
+
+
+@pytest.mark.parametrize("name", ["vgg-small", "resnet20"])
+def test_budget_mode_mac_line_equals_the_direct_probe(name: str) -> None:
+    """Budget modes read the unit's MAC line off the all-unit closed form (one probe per unit);
+    it must equal the direct two-count measurement, exactly."""
+    torch.manual_seed(0)
+    model = build_model(name, 1, 10, 16, width=0.5).eval()
+    x, y = torch.randn(40, 1, 16, 16), torch.randint(0, 10, (40,))
+    cfg = PruneConfig(reward=RewardConfig(mode="budget", target_macs=0.5))
+    env = _env(model, x, y, cfg)
+    order = [u.name for u in env.units()]
+    for unit in env.units()[::3]:
+        env.begin(unit, order)
+        assert env.mac_model == MacModel.measure(model, unit, x[:1]), unit.name
+        assert 0 < env.budget < env.mac_model.total
+    env.end()

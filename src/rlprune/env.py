@@ -44,23 +44,20 @@ class RolloutBatch:
 
 
 def unit_budget(
-    model: nn.Module,
+    macs: UnitMacs,
+    units: list[Unit],
     remaining: list[Unit],
     target_macs: float,
-    example_input: torch.Tensor,
     min_keep: float,
-    exclude: tuple[str, ...] = (),
     iters: int = 30,
 ) -> float:
     """Keep ratio ``r`` such that cutting every remaining unit to ``r`` reaches ``target_macs``.
 
     Spreads the remaining budget uniformly over the remaining units (bisection on the
-    closed-form MACs of :class:`~rlprune.pruning.UnitMacs`, exact for the zoo); later units
+    closed-form MACs ``macs`` of the model's ``units``, exact for the zoo); later units
     re-solve it from the model as it then is, so a unit that prunes more than its share leaves
     more room for the rest. Returns 0 if the target cannot be reached (min_keep then rules).
     """
-    units = find_units(model, example_input, exclude)
-    macs = UnitMacs(model, units, example_input)
     names = {u.name for u in remaining}
 
     def at(ratio: float) -> float:
@@ -146,15 +143,20 @@ class PruningEnv:
         self.unit = unit
         self._memo, self.scored, self.reused = {}, 0, 0
         self.model.eval()
-        self.mac_model = MacModel.measure(self.model, unit, self.example)
-        macs_now = self.mac_model.total
-        if self.cfg.reward.mode != "accuracy":
+        if self.cfg.reward.mode == "accuracy":
+            self.mac_model = MacModel.measure(self.model, unit, self.example)
+        else:
+            # One probe per unit serves both the budget and this unit's MAC line.
+            units = self.units()
+            macs = UnitMacs(self.model, units, self.example)
+            full = {u.name: u.channels for u in units}
+            one_less = macs({**full, unit.name: unit.channels - 1}) if unit.channels > 1 else 0.0
+            slope = macs.total - one_less if unit.channels > 1 else 0.0
+            self.mac_model = MacModel(int(macs.total), float(slope))
             target = self.cfg.reward.target_macs * self.base_macs
-            current = {u.name: u for u in self.units()}
+            current = {u.name: u for u in units}
             remaining = [current[n] for n in order[order.index(unit.name) :] if n in current]
-            ratio = unit_budget(
-                self.model, remaining, target, self.example, self.cfg.min_keep, self.cfg.exclude
-            )
+            ratio = unit_budget(macs, units, remaining, target, self.cfg.min_keep)
             keep_n = max(
                 resolve_min_keep(self.cfg.min_keep, unit.channels), round(ratio * unit.channels)
             )
@@ -178,7 +180,7 @@ class PruningEnv:
         if self.cfg.agent.state == "weights":
             return weight_state(self.model, unit)
         stats = unit_statistics(self.model, unit, *self.calib)
-        return feature_state(stats, unit, len(order), macs_now / self.base_macs)
+        return feature_state(stats, unit, len(order), self.mac_model.total / self.base_macs)
 
     def end(self) -> None:
         """Release the current unit's hooks and cache."""

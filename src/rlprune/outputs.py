@@ -31,8 +31,10 @@ def measure_model(
     example_input: torch.Tensor,
     latency_runs: int = 20,
     device: torch.device | str = "cpu",
+    latency: bool = True,
 ) -> dict[str, Any]:
-    """Accuracy (val, test), MACs, params and latency at batch 1 and 64."""
+    """Accuracy (val, test), MACs, params and (unless ``latency=False``) latency at batch 1
+    and 64."""
     macs, params = count_macs_params(model, example_input)
     out: dict[str, Any] = {
         "val_acc": evaluate(model, val, device=device),
@@ -40,7 +42,7 @@ def measure_model(
         "macs": macs,
         "params": params,
     }
-    for batch in (1, 64):
+    for batch in (1, 64) if latency else ():
         lat = measure_latency(model, example_input, batch=batch, runs=latency_runs)
         out[f"latency_b{batch}_ms"] = lat.median_ms
         out[f"latency_b{batch}_iqr_ms"] = lat.iqr_ms

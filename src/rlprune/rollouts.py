@@ -64,8 +64,8 @@ def _count_correct(logits: torch.Tensor, y: torch.Tensor) -> int:
     return int((logits.argmax(1) == y).sum())
 
 
-class NaiveScorer:
-    """Reference: deepcopy, physical cut, full forward, per mask."""
+class _FullPassScorer:
+    """Shared set-up of the scorers that run the whole network per mask."""
 
     def __init__(
         self,
@@ -79,7 +79,21 @@ class NaiveScorer:
         self.model, self.unit, self.x, self.y, self.bs = model, unit, x, y, batch_size
         self.n = len(y)
         self.calib_x = calib_x
+        # BNs whose statistics the mask changes (re-estimated per mask when calib_x is given)
         self.bn_names = downstream_bns(model, unit) if calib_x is not None else []
+
+    def logits(self, mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def accuracy(self, mask: torch.Tensor) -> float:
+        return 100.0 * _count_correct(self.logits(mask), self.y) / self.n
+
+    def close(self) -> None:
+        pass
+
+
+class NaiveScorer(_FullPassScorer):
+    """Reference: deepcopy, physical cut, full forward, per mask."""
 
     @torch.inference_mode(False)
     def logits(self, mask: torch.Tensor) -> torch.Tensor:
@@ -91,12 +105,6 @@ class NaiveScorer:
         with adapted_bn(bns, calibrate), torch.inference_mode():
             return torch.cat([pruned(self.x[i : i + self.bs]) for i in range(0, self.n, self.bs)])
 
-    def accuracy(self, mask: torch.Tensor) -> float:
-        return 100.0 * _count_correct(self.logits(mask), self.y) / self.n
-
-    def close(self) -> None:
-        pass
-
 
 def _run_batches(fn: Callable[..., torch.Tensor], x: torch.Tensor | None, bs: int) -> None:
     if x is not None:
@@ -104,7 +112,7 @@ def _run_batches(fn: Callable[..., torch.Tensor], x: torch.Tensor | None, bs: in
             fn(x[i : i + bs])
 
 
-class MaskedScorer:
+class MaskedScorer(_FullPassScorer):
     """Live model + mask hooks + full forward (fallback for untraceable models)."""
 
     def __init__(
@@ -116,13 +124,10 @@ class MaskedScorer:
         batch_size: int,
         calib_x: torch.Tensor | None = None,
     ) -> None:
-        self.model, self.x, self.y, self.bs = model.eval(), x, y, batch_size
-        self.n = len(y)
+        super().__init__(model.eval(), unit, x, y, batch_size, calib_x)
         self.mask = UnitMask(model, unit)
-        self.calib_x = calib_x
         mods = dict(model.named_modules())
-        names = downstream_bns(model, unit) if calib_x is not None else []
-        self.bns = [mods[n] for n in names]
+        self.bns = [mods[n] for n in self.bn_names]
 
     @torch.inference_mode()
     def logits(self, mask: torch.Tensor) -> torch.Tensor:
@@ -134,9 +139,6 @@ class MaskedScorer:
                 )
         finally:
             self.mask.set(None)
-
-    def accuracy(self, mask: torch.Tensor) -> float:
-        return 100.0 * _count_correct(self.logits(mask), self.y) / self.n
 
     def close(self) -> None:
         self.mask.remove()

@@ -105,7 +105,10 @@ def prune(
     # -- baseline: measured once, stored, reused on resume -------------------------------
     baseline = run.read_json("state/baseline.json")
     if baseline is None:
-        baseline = measure_model(model, val, test, example, cfg.latency_runs, device)
+        # Only rank 0 writes reports: the other ranks skip the latency runs.
+        baseline = measure_model(
+            model, val, test, example, cfg.latency_runs, device, latency=ctx.is_main
+        )
         baseline["reward_set_acc"] = evaluate(model, reward_set, device=device)
         run.write_json("state/baseline.json", baseline)
     base_acc, base_macs = baseline["reward_set_acc"], baseline["macs"]
@@ -381,7 +384,7 @@ def prune(
         tune(_seed(cfg.seed, 1 << 30), steps, "final fine-tune")
         run.save_state("final.pt", {"state_dict": model.state_dict()})
     model.eval()
-    pruned = measure_model(model, val, test, example, cfg.latency_runs, device)
+    pruned = measure_model(model, val, test, example, cfg.latency_runs, device, ctx.is_main)
     if ctx.is_main:
         write_outputs(run, model, original, spec, example, baseline, pruned, records, cfg)
     ctx.barrier()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch_pruning as tp
@@ -15,6 +17,8 @@ from torch import nn
 from rlprune.errors import PruningError
 from rlprune.pruning.surgery import remove_channels
 from rlprune.pruning.units import Unit
+
+_T = TypeVar("_T")
 
 __all__ = [
     "LatencyStats",
@@ -33,6 +37,25 @@ def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[in
     macs, params = tp.utils.count_ops_and_params(model, example_input[:1])
     model.train(was_training)
     return int(macs), int(params)
+
+
+def _probe(
+    model: nn.Module, unit: Unit, example_input: torch.Tensor, count: Callable[..., _T]
+) -> _T:
+    """``count(copy, example_input)`` on a copy of ``model`` with one channel of ``unit`` cut."""
+    probe = copy.deepcopy(model)
+    mask = torch.ones(unit.channels)
+    mask[0] = 0
+    try:
+        remove_channels(probe, unit, mask, example_input, min_keep=1)
+        return count(probe, example_input)
+    except PruningError:
+        raise
+    except Exception as e:  # a forward that hard-codes channel counts breaks here
+        raise PruningError(
+            f"{unit.name}: the model's forward breaks once this unit is pruned "
+            f"({type(e).__name__}: {e}); add it to --set exclude=..."
+        ) from e
 
 
 @dataclass(frozen=True)
@@ -57,19 +80,7 @@ class MacModel:
         total, _ = count_macs_params(model, example_input)
         if unit.channels < 2:
             return cls(total, 0.0)
-        probe = copy.deepcopy(model)
-        mask = torch.ones(unit.channels)
-        mask[0] = 0
-        try:
-            remove_channels(probe, unit, mask, example_input)
-            less, _ = count_macs_params(probe, example_input)
-        except PruningError:
-            raise
-        except Exception as e:  # a forward that hard-codes channel counts breaks here
-            raise PruningError(
-                f"{unit.name}: the model's forward breaks once this unit is pruned "
-                f"({type(e).__name__}: {e}); add it to --set exclude=..."
-            ) from e
+        less, _ = _probe(model, unit, example_input, count_macs_params)
         return cls(total, float(total - less))
 
     def macs(self, kept: int | torch.Tensor, channels: int) -> torch.Tensor:
@@ -98,11 +109,7 @@ class UnitMacs:
         for u in units:
             if u.channels < 2:
                 continue
-            probe = copy.deepcopy(model)
-            mask = torch.ones(u.channels)
-            mask[0] = 0
-            remove_channels(probe, u, mask, example_input, min_keep=1)
-            for name, macs in self._layer_macs(probe, example_input).items():
+            for name, macs in _probe(model, u, example_input, self._layer_macs).items():
                 if name in base and macs != base[name]:
                     touches[name][u.name] = base[name] - macs
         # (MACs now, slope per removed channel if one unit touches the layer, touching units)
