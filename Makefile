@@ -40,6 +40,7 @@ test: setup lint
 
 bench: setup
 	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/layout.py
 	$(BIN)/python bench/rollouts.py
 	$(BIN)/python bench/distributed.py
 

@@ -184,9 +184,9 @@ class PruneConfig:
     batch_size: int = 128
     weight_decay: float = 5e-4
     latency_runs: int = 20
-    # NHWC layout for rollouts, fine-tuning and measurement (issue 5): on this CPU max-pool
-    # runs 7-17x and convs 1.1-1.3x faster than NCHW, with the same accuracies
-    # (docs/BENCHMARKS.md). The pruned model files are layout-free state dicts.
+    # NHWC layout for rollouts, fine-tuning and measurement (issue 5): on the dev CPU max-pool
+    # runs 8-20x, 3x3 convs 1.0-3x and an SGD step 1.3-1.5x faster than in NCHW, with the same
+    # accuracies (bench/layout.py). The pruned model files are layout-free state dicts.
     channels_last: bool = True
     agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)

@@ -143,15 +143,17 @@ def write_report(run_dir: str | Path) -> Path:
         "## Per unit",
         "",
         "| # | unit | filters | chosen | reward | rollout acc | val acc after FT | MACs "
-        "| agent s | fine-tune s |",
-        "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| rollouts (reused) | agent s | fine-tune s |",
+        "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for i, u in enumerate(units):
         acc = "—" if u["rollout_acc"] is None else f"{u['rollout_acc']:.2f}%"
         lines.append(
             f"| {i} | `{u['unit']}` | {u['channels_before']} → {u['channels_after']} | "
             f"{u['chosen']} | {u['reward']:.3f} | {acc} | {u['val_acc']:.2f}% | "
-            f"{u['macs'] / base['macs']:.1%} | {u.get('agent_s', float('nan')):.0f} | "
+            f"{u['macs'] / base['macs']:.1%} | "
+            f"{u.get('rollouts_scored', '—')} ({u.get('rollouts_reused', '—')}) | "
+            f"{u.get('agent_s', float('nan')):.0f} | "
             f"{u.get('finetune_s', float('nan')):.0f} |"
         )
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
