@@ -1,0 +1,149 @@
+"""Tests of pruned-model files and tools: checkpoint and .pt2/ONNX round trips, latency
+measurement, and ``rlprune inspect`` (split from test_pruning.py)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from rlprune.checkpoint import load_model, save_checkpoint
+from rlprune.errors import CheckpointError
+from rlprune.models import ModelSpec, build_model
+from rlprune.pruning import (
+    find_units,
+    measure_latency,
+    remove_channels,
+)
+from rlprune.pruning.export import export_pt2, load_pt2
+
+from .test_pruning import SIZE, TRACE, _zoo_cached, by_name, inputs, randomise_bn
+
+# ----------------------------------------------------------------------------- checkpoints
+SPEC = ModelSpec("resnet20", 1, 10, (SIZE, SIZE), 0.5)
+
+
+@pytest.fixture(scope="module")
+def pruned_resnet(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
+    """resnet20 with two units physically pruned, saved as a pruned checkpoint."""
+    torch.manual_seed(0)
+    model = randomise_bn(SPEC.build()).eval()
+    for name in ("stem.0", "layers.4.conv1"):
+        unit = by_name(find_units(model, TRACE), name)
+        remove_channels(model, unit, torch.arange(unit.channels) % 2, TRACE)
+    path = tmp_path_factory.mktemp("ckpt") / "pruned.pt"
+    save_checkpoint(path, model, SPEC, meta={"note": "test"}, pruned=True)
+    return model, path
+
+
+def test_pruned_checkpoint_roundtrip(pruned_resnet: tuple[nn.Module, Path]) -> None:
+    model, path = pruned_resnet
+    loaded, spec, meta = load_model(path)
+    assert spec == SPEC and meta == {"note": "test"}
+    assert not loaded.training
+    for m in (model, loaded):
+        convs = dict(m.named_modules())
+        assert convs["stem.0"].out_channels == 4
+        assert convs["layers.4.conv1"].out_channels == 8
+    x = inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert raw["format"] == "rlprune-checkpoint" and raw["shapes"]["stem.0"] == [4, 1, 1]
+
+
+def test_checkpoint_of_other_architecture_fails(
+    pruned_resnet: tuple[nn.Module, Path], tmp_path: Path
+) -> None:
+    _, path = pruned_resnet
+    # Pruned resnet20 file into a different architecture: names or state dict do not fit.
+    with pytest.raises(CheckpointError):
+        load_model(path, model=build_model("vgg-small", 1, 10, SIZE, 0.5))
+    with pytest.raises(CheckpointError):
+        load_model(path, model=build_model("resnet32", 1, 10, SIZE, 0.5))
+    # Unpruned vgg-small file into a resnet20 instance.
+    vgg_spec = ModelSpec("vgg-small", 1, 10, (SIZE, SIZE), 0.5)
+    vgg_path = save_checkpoint(tmp_path / "vgg.pt", vgg_spec.build(), vgg_spec)
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_model(vgg_path, model=SPEC.build())
+
+
+def test_non_rlprune_files_fail(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, plain)
+    with pytest.raises(CheckpointError, match="not an rlprune checkpoint"):
+        load_model(plain)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint at all" * 10)
+    with pytest.raises(CheckpointError):
+        load_model(garbage)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_pt2_export_matches(pruned_resnet: tuple[nn.Module, Path], tmp_path: Path) -> None:
+    model, _ = pruned_resnet
+    path = export_pt2(model, TRACE, tmp_path / "model.pt2")
+    program = load_pt2(path)
+    for batch in (1, 5):
+        x = inputs(batch)
+        with torch.no_grad():
+            torch.testing.assert_close(program(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- metrics
+def test_measure_latency_restores_threads() -> None:
+    model, _ = _zoo_cached("vgg-small", 0.5)
+    old = torch.get_num_threads()
+    threads = 1 if old != 1 else 2
+    stats = measure_latency(model, TRACE, batch=2, runs=5, warmup=1, threads=threads)
+    assert torch.get_num_threads() == old
+    assert stats.median_ms > 0 and stats.iqr_ms >= 0
+    assert stats.runs == 5 and stats.batch == 2 and stats.threads == threads
+    assert not model.training
+
+
+# ----------------------------------------------------------------------------- CLI
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rlprune", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_inspect(pruned_resnet: tuple[nn.Module, Path], tmp_path: Path) -> None:
+    _, path = pruned_resnet
+    ok = _cli("inspect", "--checkpoint", str(path))
+    assert ok.returncode == 0, ok.stderr
+    lines = ok.stdout.splitlines()
+    assert "unit" in lines[0] and "channels" in lines[0]
+    assert len(lines) == 1 + 12
+    stem = next(line for line in lines if line.split()[1:2] == ["stem.0"])
+    assert stem.split()[2] == "4"  # the pruned width
+    assert "layers.3.shortcut.0" in ok.stdout
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a checkpoint")
+    bad = _cli("inspect", "--checkpoint", str(garbage))
+    assert bad.returncode != 0
+    err = bad.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rlprune: error:"), bad.stderr
+
+
+def test_onnx_export_runs_in_onnxruntime(tmp_path: Path) -> None:
+    """The pruned model exports to ONNX with a dynamic batch and onnxruntime agrees."""
+    ort = pytest.importorskip("onnxruntime")  # a dev dependency: present in `make test`
+    from rlprune.pruning.export import export_onnx
+
+    model = build_model("resnet20", 1, 10, 16, width=0.5).eval()
+    x = torch.randn(1, 1, 16, 16)
+    unit = find_units(model, x)[0]
+    remove_channels(model, unit, (torch.arange(unit.channels) % 2 == 0).float(), x)
+    path = export_onnx(model, x, tmp_path / "m.onnx")
+    assert path is not None and path.exists()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):
+        xb = torch.randn(batch, 1, 16, 16)
+        (out,) = sess.run(None, {sess.get_inputs()[0].name: xb.numpy()})
+        assert torch.allclose(torch.from_numpy(out), model(xb).detach(), atol=1e-4)
