@@ -19,7 +19,7 @@ import time
 import torch
 from torch import nn
 
-from rlprune.models import build_model
+from rlprune.models import build_model, set_layout
 from rlprune.pruning import (
     count_macs_params,
     filter_l1,
@@ -72,26 +72,27 @@ def main() -> None:
     rows = []
     t0 = time.perf_counter()
     for name in args.models.split(","):
-        torch.manual_seed(args.seed)
-        model = build_model(name, 1, 10, 28).eval()
-        before = measure(model, example, args.runs, threads)
-        halve_every_unit(model, example)
-        model.eval()
-        after = measure(model, example, args.runs, threads)
-        rows.append((name, before, after))
+        for layout in ("NCHW", "NHWC"):
+            torch.manual_seed(args.seed)
+            model = set_layout(build_model(name, 1, 10, 28).eval(), layout == "NHWC")
+            before = measure(model, example, args.runs, threads)
+            halve_every_unit(model, example)
+            set_layout(model, layout == "NHWC").eval()  # the cut hands back NCHW weights
+            after = measure(model, example, args.runs, threads)
+            rows.append((name, layout, before, after))
 
     print(
-        "| model | MACs before | MACs after | MAC ratio | params before | params after "
+        "| model | layout | MACs before | MACs after | MAC ratio | params before | params after "
         "| batch | latency before (ms, median ± IQR) | latency after (ms, median ± IQR) "
         "| latency ratio |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, before, after in rows:
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, layout, before, after in rows:
         for b in BATCHES:
             med0, iqr0 = before[f"b{b}_median"], before[f"b{b}_iqr"]
             med1, iqr1 = after[f"b{b}_median"], after[f"b{b}_iqr"]
             print(
-                f"| {name} | {before['macs'] / 1e6:.2f}M | {after['macs'] / 1e6:.2f}M "
+                f"| {name} | {layout} | {before['macs'] / 1e6:.2f}M | {after['macs'] / 1e6:.2f}M "
                 f"| {after['macs'] / before['macs']:.3f} "
                 f"| {before['params'] / 1e3:.1f}k | {after['params'] / 1e3:.1f}k | {b} "
                 f"| {med0:.3f} ± {iqr0:.3f} | {med1:.3f} ± {iqr1:.3f} | {med1 / med0:.3f} |"

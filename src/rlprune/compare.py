@@ -54,7 +54,7 @@ from rlprune.config import PruneConfig, config_to_dict, load_config
 from rlprune.data import DatasetSplits, Split, load_dataset
 from rlprune.distributed import resolve_device
 from rlprune.errors import ConfigError, DataError, RlpruneError
-from rlprune.models import ModelSpec
+from rlprune.models import ModelSpec, set_layout
 from rlprune.pruning import count_macs_params, find_units, measure_latency
 from rlprune.search import prune
 from rlprune.train import evaluate, fine_tune
@@ -124,10 +124,16 @@ def _machine() -> dict[str, Any]:
 
 
 def _measure(
-    model: nn.Module, test: Split, val: Split, example: torch.Tensor, runs: int
+    model: nn.Module,
+    test: Split,
+    val: Split,
+    example: torch.Tensor,
+    runs: int,
+    channels_last: bool,
 ) -> dict[str, Any]:
-    """Test/val accuracy, MACs, params and batch-64 latency, all on the CPU."""
-    model.cpu().eval()
+    """Test/val accuracy, MACs, params and batch-64 latency, all on the CPU, every model in the
+    same memory layout (the search's), so latencies compare like for like."""
+    set_layout(model.cpu(), channels_last).eval()
     macs, params = count_macs_params(model, example)
     return {
         "test_acc": evaluate(model, test),
@@ -234,6 +240,7 @@ def _run_heuristic(
         min_keep=cfg.min_keep,
         exclude=cfg.exclude,
     )
+    set_layout(model, cfg.channels_last)  # the layout rl's search fine-tunes in
     t1 = time.perf_counter()
     fine_tune(
         model,
@@ -281,7 +288,14 @@ def run_compare(args: argparse.Namespace) -> str:
         base_cfg.final_finetune_epochs * steps_per_epoch
     )
     log.info("%d units; every method gets %d fine-tune steps", n_units, ft_steps)
-    baseline = _measure(copy.deepcopy(model), data.test, data.val, example, base_cfg.latency_runs)
+    baseline = _measure(
+        copy.deepcopy(model),
+        data.test,
+        data.val,
+        example,
+        base_cfg.latency_runs,
+        base_cfg.channels_last,
+    )
 
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {m: {} for m in methods}
     for target, i in itertools.product(targets, range(n_seeds)):
@@ -300,7 +314,9 @@ def run_compare(args: argparse.Namespace) -> str:
                 kept = dict(counts)
             else:
                 pruned, kept, search_s, finetune_s = _run_heuristic(run, method, counts)
-            row = _measure(pruned, data.test, data.val, example, cfg.latency_runs)
+            row = _measure(
+                pruned, data.test, data.val, example, cfg.latency_runs, cfg.channels_last
+            )
             ratio = row["macs"] / baseline["macs"]
             ok = abs(ratio / target - 1) <= TOLERANCE
             if not ok and method in MAC_TARGETED:  # prune_to_target checks it already
