@@ -185,7 +185,7 @@ class PruneConfig:
     weight_decay: float = 5e-4
     latency_runs: int = 20
     # NHWC layout for rollouts, fine-tuning and measurement (issue 5): on the dev CPU max-pool
-    # runs 8-20x, 3x3 convs 1.0-3x and an SGD step 1.3-1.5x faster than in NCHW, with the same
+    # runs 8-21x, 3x3 convs 1.2-3x and an SGD step 1.3x faster than in NCHW, with the same
     # accuracies (bench/layout.py). The pruned model files are layout-free state dicts.
     channels_last: bool = True
     agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)

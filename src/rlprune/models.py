@@ -273,8 +273,8 @@ def set_layout(model: nn.Module, channels_last: bool) -> nn.Module:
     """Put every 4-D parameter and buffer of ``model`` in NHWC (or back in NCHW), in place.
 
     With NHWC weights, convolutions write NHWC activations and oneDNN takes its fast CPU
-    kernels (measured on the 2-core dev machine by bench/layout.py: max-pool 8-20x, 3x3 convs
-    1.0-3x, an SGD step 1.3-1.5x faster). Values are unchanged; results agree with NCHW to
+    kernels (measured on the 2-core dev machine by bench/layout.py: max-pool 8-21x, 3x3 convs
+    1.2-3x, an SGD step 1.3x faster). Values are unchanged; results agree with NCHW to
     float rounding. Call again after surgery: torch-pruning's index_select returns NCHW.
     """
     fmt = torch.channels_last if channels_last else torch.contiguous_format
