@@ -46,7 +46,8 @@ def test_repeated_masks_are_scored_once_with_the_same_accuracy() -> None:
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_surgery_keeps_the_configured_layout(channels_last: bool) -> None:
     torch.manual_seed(0)
-    model = set_layout(build_model("resnet20", 1, 10, 16, width=0.5).eval(), channels_last)
+    # Start from the other layout: apply() must convert every tensor, not just the cut ones.
+    model = set_layout(build_model("resnet20", 1, 10, 16, width=0.5).eval(), not channels_last)
     x, y = torch.randn(40, 1, 16, 16), torch.randint(0, 10, (40,))
     env = _env(model, x, y, PruneConfig(channels_last=channels_last))
     unit = env.units()[1]

@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 from rlprune.checkpoint import load_model, save_checkpoint
+from rlprune.data import Split
 from rlprune.errors import CheckpointError
 from rlprune.models import ModelSpec, build_model
+from rlprune.outputs import measure_model
 from rlprune.pruning import (
     find_units,
     measure_latency,
@@ -147,3 +149,13 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path: Path) -> None:
         xb = torch.randn(batch, 1, 16, 16)
         (out,) = sess.run(None, {sess.get_inputs()[0].name: xb.numpy()})
         assert torch.allclose(torch.from_numpy(out), model(xb).detach(), atol=1e-4)
+
+
+def test_measure_model_skips_latency_when_asked() -> None:
+    model, _ = _zoo_cached("vgg-small", 0.5)
+    data = Split(torch.randn(20, 1, SIZE, SIZE), torch.randint(0, 10, (20,)))
+    full = measure_model(model, data, None, TRACE, latency_runs=3)
+    lean = measure_model(model, data, None, TRACE, latency_runs=3, latency=False)
+    assert {"latency_b1_ms", "latency_b64_ms"} <= full.keys()
+    assert not any(k.startswith("latency") for k in lean)
+    assert lean["val_acc"] == full["val_acc"] and lean["macs"] == full["macs"]

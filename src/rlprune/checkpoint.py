@@ -161,7 +161,7 @@ def save_checkpoint(
         "version": VERSION,
         "spec": spec.to_dict() if spec is not None else None,
         "shapes": capture_shapes(model) if pruned else None,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
     }
     return atomic_write(path, lambda f: torch.save(payload, f))

@@ -96,6 +96,10 @@ class PruningEnv:
         base_acc: unpruned accuracy (%) on the reward set.
         base_macs: unpruned model MACs.
         dist_ctx: with several processes, each scores its share of the masks.
+
+    Attributes:
+        scored: rollouts of the current unit run on the reward set.
+        reused: rollouts of the current unit answered from the memo of masks already scored.
     """
 
     def __init__(
@@ -146,7 +150,8 @@ class PruningEnv:
         if self.cfg.reward.mode == "accuracy":
             self.mac_model = MacModel.measure(self.model, unit, self.example)
         else:
-            # One probe per unit serves both the budget and this unit's MAC line.
+            # One probe per unit serves both the budget and this unit's MAC line (exact when
+            # the convs shared by two units are bias-free, as in the zoo; see UnitMacs).
             units = self.units()
             macs = UnitMacs(self.model, units, self.example)
             full = {u.name: u.channels for u in units}
@@ -208,7 +213,7 @@ class PruningEnv:
         unit, rc = self.unit, self.cfg.reward
         kept = masks.sum(dim=1)
         scorer = self._scorer
-        keys = [bytes(m.to(torch.uint8).cpu().numpy()) for m in masks.detach()]
+        keys = [m.float().cpu().numpy().tobytes() for m in masks.detach()]  # exact, any values
         new: list[int] = []  # first occurrence of each mask not scored yet
         seen = set(self._memo)
         for i, k in enumerate(keys):

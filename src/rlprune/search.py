@@ -87,7 +87,9 @@ def prune(
         dist_ctx: torchrun job context (rollouts sharded, DDP fine-tuning, rank 0 writes).
 
     Returns:
-        :class:`PruneResult` with the pruned model and the before/after measurements.
+        :class:`PruneResult` with the pruned model (NHWC when ``config.channels_last``, the
+        default; ``rlprune.models.set_layout(model, False)`` turns it back) and the
+        before/after measurements (taken in that layout).
     """
     cfg = config or PruneConfig()
     ctx = dist_ctx or DistContext()
@@ -202,6 +204,7 @@ def prune(
         if inside is not None and inside.get("unit") == name:
             prog = dict(inside["progress"])
             agent.load_state_dict(inside["agent"])
+            env.scored, env.reused = prog.get("scored", 0), prog.get("reused", 0)
             log.info("%s: resumed agent training at update %d", name, prog["update"])
         inside = None
         bar = tqdm(
@@ -229,7 +232,7 @@ def prune(
                 prog["since_best"] += 1
             prog["curve"].append(stats.reward_mean)
             prog["max_curve"].append(stats.reward_max)
-            prog["update"] = upd + 1
+            prog.update(update=upd + 1, scored=env.scored, reused=env.reused)
             # Early stop (never before `patience` updates of this unit): converged policy or
             # reward plateau.
             prog["stopped"] = prog["update"] >= cfg.agent.patience and (
@@ -288,6 +291,7 @@ def prune(
                 "det_acc": det_acc,
                 "det_kept": torch.nonzero(det).flatten().tolist(),
             }
+            prog.update(scored=env.scored, reused=env.reused)
             run.save_state(
                 "agent.pt", {"unit": name, "progress": prog, "agent": agent.state_dict()}
             )
@@ -329,7 +333,7 @@ def prune(
             "det_acc": decided["det_acc"],
             "det_kept": decided["det_kept"],
             "updates": prog["update"],
-            "rollouts_scored": env.scored,  # this process; a resumed unit counts its part
+            "rollouts_scored": env.scored,  # counted across a resume (kept in agent.pt)
             "rollouts_reused": env.reused,
             "reward_curve": prog["curve"],
             "reward_max_curve": prog["max_curve"],

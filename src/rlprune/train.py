@@ -70,7 +70,8 @@ def train(
     """Train ``model`` with SGD + Nesterov and a OneCycle schedule.
 
     Args:
-        model: the network; trained in place and left at its best-validation weights.
+        model: the network; trained in place (in NHWC when ``cfg.channels_last``) and left at
+            its best-validation weights.
         data: splits; only ``train`` and ``val`` are used.
         cfg: hyper-parameters (fractional epochs allowed).
         device: where to train.
