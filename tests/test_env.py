@@ -1,9 +1,13 @@
 """The environment: exact reuse of repeated masks, and the NHWC layout kept across surgery."""
 
+import dataclasses
+import threading
+
 import pytest
 import torch
 
 from rlprune.config import PruneConfig, RewardConfig
+from rlprune.distributed import DistContext
 from rlprune.env import PruningEnv
 from rlprune.models import build_model, set_layout
 from rlprune.pruning import MacModel, count_macs_params
@@ -77,3 +81,68 @@ def test_budget_mode_mac_line_equals_the_direct_probe(name: str) -> None:
         assert env.mac_model == MacModel.measure(model, unit, x[:1]), unit.name
         assert 0 < env.budget < env.mac_model.total
     env.end()
+
+
+class _Hub:
+    """An in-process all-reduce for ranks that run as threads (two barriers per round)."""
+
+    def __init__(self, n: int) -> None:
+        self.parts: dict[int, torch.Tensor] = {}
+        self.barrier = threading.Barrier(n, timeout=20)  # a crashed rank breaks it, no hang
+
+    def all_reduce(self, rank: int, t: torch.Tensor) -> torch.Tensor:
+        self.parts[rank] = t.clone()
+        self.barrier.wait()
+        total = sum(self.parts[r] for r in sorted(self.parts))
+        self.barrier.wait()
+        return torch.as_tensor(total)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ThreadRank(DistContext):
+    hub: _Hub | None = None
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        assert self.hub is not None
+        return self.hub.all_reduce(self.rank, t)
+
+
+def test_memo_under_sharding_matches_one_process() -> None:
+    """3 ranks (threads) share the new masks of each batch; together they score each distinct
+    mask once and every rank ends with the single process's accuracies and counters."""
+    data = toy_split(64, seed=0)
+    g = torch.Generator().manual_seed(3)
+    pool = (torch.rand(5, 8, generator=g) > 0.3).float()
+    batches = [pool[torch.randint(0, 5, (7,), generator=g)] for _ in range(3)]
+
+    def run(ctx: DistContext, out: dict[int, tuple[list[list[float]], int, int, int]]) -> None:
+        env = _env(ToyNet(), data.images, data.labels, PruneConfig())
+        env.dist = ctx
+        unit = env.units()[0]
+        env.begin(unit, [unit.name])
+        calls = []
+        scorer = env._scorer
+        assert scorer is not None
+        real = scorer.accuracy
+        scorer.accuracy = lambda m: calls.append(1) or real(m)  # type: ignore[method-assign]
+        accs = [env.score(b).accs.tolist() for b in batches]
+        out[ctx.rank] = (accs, env.scored, env.reused, len(calls))
+        env.end()
+
+    single: dict[int, tuple[list[list[float]], int, int, int]] = {}
+    run(DistContext(), single)
+    hub, sharded = _Hub(3), {}
+    threads = [
+        threading.Thread(target=run, args=(_ThreadRank(rank=r, world_size=3, hub=hub), sharded))
+        for r in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    accs, scored, reused, calls = single[0]
+    assert calls == scored == len({tuple(m.tolist()) for b in batches for m in b})
+    assert reused == 21 - scored
+    for r in range(3):
+        assert sharded[r][:3] == (accs, scored, reused)
+    assert sum(sharded[r][3] for r in range(3)) == scored  # each distinct mask scored once
