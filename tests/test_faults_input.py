@@ -227,28 +227,26 @@ class DictInput(nn.Module):
         return self.classifier(self.conv(batch["image"]).mean((2, 3)))
 
 
-class NoAutograd(nn.Module):
-    """Runs fine, but under no_grad: torch-pruning's autograd trace sees no layer at all."""
+class _TwoConvs(nn.Module):
+    """conv1 (4->8) -> conv2 (8->8) -> linear; subclasses differ in their forward only."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(4, 8, 3, padding=1)
         self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
         self.classifier = nn.Linear(8, 4)
+
+
+class NoAutograd(_TwoConvs):
+    """Runs fine, but under no_grad: torch-pruning's autograd trace sees no layer at all."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self.classifier(self.conv2(torch.relu(self.conv1(x))).mean((2, 3)))
 
 
-class ChannelShuffle(nn.Module):
+class ChannelShuffle(_TwoConvs):
     """Traces fine, but the forward hard-codes 2 groups of 4 channels: any cut breaks it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(4, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.classifier = nn.Linear(8, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.conv1(x))
@@ -256,14 +254,8 @@ class ChannelShuffle(nn.Module):
         return self.classifier(self.conv2(y).mean((2, 3)))
 
 
-class DataDependentBranch(nn.Module):
+class DataDependentBranch(_TwoConvs):
     """Prunes fine (eager), but torch.export cannot export a data-dependent ``if``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(4, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.classifier = nn.Linear(8, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv1(x)

@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch
 from rlprune.cli import main
 from rlprune.config import AgentConfig, PruneConfig, RewardConfig, RolloutConfig
 from rlprune.pruning import count_macs_params, find_units, remove_channels
-from rlprune.search import prune
+from rlprune.search import PruneResult, prune
 from tests.toy import ToyNet, toy_split
 
 
@@ -25,18 +26,18 @@ def _toy_cfg(updates: int = 30, **reward: object) -> PruneConfig:
     )
 
 
+def _toy_prune(model: torch.nn.Module, cfg: PruneConfig, out: Path) -> PruneResult:
+    """The search on the toy splits every test here uses (256 train, 200 val, 200 test)."""
+    return prune(
+        model, toy_split(256, 0), toy_split(200, 1), cfg, test=toy_split(200, 2), out_dir=out
+    )
+
+
 def test_policy_prunes_exactly_the_zero_filters(tmp_path) -> None:
     torch.manual_seed(0)
     model = ToyNet()
     cfg = _toy_cfg(updates=40, mode="accuracy", max_acc_drop=1.0)
-    res = prune(
-        model,
-        toy_split(256, 0),
-        toy_split(200, 1),
-        cfg,
-        test=toy_split(200, 2),
-        out_dir=tmp_path / "run",
-    )
+    res = _toy_prune(model, cfg, tmp_path / "run")
     (unit,) = res.units
     assert unit["kept"] == [0, 1, 2, 3]
     assert res.pruned["test_acc"] == 100.0
@@ -57,14 +58,7 @@ def test_budget_modes_land_on_the_target_without_losing_accuracy(tmp_path, mode:
     unit = find_units(probe, x)[0]
     remove_channels(probe, unit, torch.tensor([1.0] * 4 + [0.0] * 4), x)
     target = count_macs_params(probe, x)[0] / full
-    res = prune(
-        model,
-        toy_split(256, 0),
-        toy_split(200, 1),
-        _toy_cfg(mode=mode, target_macs=target),
-        test=toy_split(200, 2),
-        out_dir=tmp_path / mode,
-    )
+    res = _toy_prune(model, _toy_cfg(mode=mode, target_macs=target), tmp_path / mode)
     assert res.units[0]["kept"] == [0, 1, 2, 3]
     assert res.pruned["macs"] / full == pytest.approx(target, rel=0.02)
     assert res.pruned["test_acc"] == 100.0
@@ -85,14 +79,7 @@ def test_huang_weight_state_finds_the_zero_filters(tmp_path) -> None:
             init_keep=0.5,
         ),
     )
-    res = prune(
-        ToyNet(),
-        toy_split(256, 0),
-        toy_split(200, 1),
-        cfg,
-        test=toy_split(200, 2),
-        out_dir=tmp_path / "w",
-    )
+    res = _toy_prune(ToyNet(), cfg, tmp_path / "w")
     assert res.units[0]["kept"] == [0, 1, 2, 3]
     assert res.pruned["test_acc"] == 100.0
 
@@ -122,14 +109,7 @@ def test_budget_projection_lands_on_the_unit_budget(tmp_path) -> None:
     full = count_macs_params(model, x)[0]
     cfg = _toy_cfg(mode="budget", target_macs=0.75, project=True)
     cfg = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, updates=2, patience=2))
-    res = prune(
-        model,
-        toy_split(256, 0),
-        toy_split(200, 1),
-        cfg,
-        test=toy_split(200, 2),
-        out_dir=tmp_path / "p",
-    )
+    res = _toy_prune(model, cfg, tmp_path / "p")
     unit = res.units[0]
     # 6 of 8 filters is the count whose MACs are closest to 75% of the toy's MACs
     assert unit["channels_after"] == 6, unit["chosen"]

@@ -88,6 +88,10 @@ class _FullPassScorer:
     def accuracy(self, mask: torch.Tensor) -> float:
         return 100.0 * _count_correct(self.logits(mask), self.y) / self.n
 
+    def _forward(self, net: nn.Module) -> torch.Tensor:
+        """Logits ``[N, classes]`` of ``net`` on the reward images, in batches."""
+        return torch.cat([net(self.x[i : i + self.bs]) for i in range(0, self.n, self.bs)])
+
     def close(self) -> None:
         pass
 
@@ -103,7 +107,7 @@ class NaiveScorer(_FullPassScorer):
         bns = [mods[n] for n in self.bn_names]
         calibrate = lambda: _run_batches(pruned, self.calib_x, self.bs)  # noqa: E731
         with adapted_bn(bns, calibrate), torch.inference_mode():
-            return torch.cat([pruned(self.x[i : i + self.bs]) for i in range(0, self.n, self.bs)])
+            return self._forward(pruned)
 
 
 def _run_batches(fn: Callable[..., torch.Tensor], x: torch.Tensor | None, bs: int) -> None:
@@ -134,9 +138,7 @@ class MaskedScorer(_FullPassScorer):
         self.mask.set(mask)
         try:
             with adapted_bn(self.bns, lambda: _run_batches(self.model, self.calib_x, self.bs)):
-                return torch.cat(
-                    [self.model(self.x[i : i + self.bs]) for i in range(0, self.n, self.bs)]
-                )
+                return self._forward(self.model)
         finally:
             self.mask.set(None)
 
