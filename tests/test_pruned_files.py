@@ -159,3 +159,30 @@ def test_measure_model_skips_latency_when_asked() -> None:
     assert {"latency_b1_ms", "latency_b64_ms"} <= full.keys()
     assert not any(k.startswith("latency") for k in lean)
     assert lean["val_acc"] == full["val_acc"] and lean["macs"] == full["macs"]
+
+
+# ----------------------------------------------------------------------------- memory layout
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_surgery_and_reshaping_keep_the_model_layout(channels_last: bool) -> None:
+    """torch-pruning's index_select and apply_shapes' fresh tensors are NCHW; an NHWC model
+    must stay NHWC (issue 5), and the values must not change with the layout."""
+    from rlprune.checkpoint import apply_shapes, capture_shapes
+    from rlprune.models import is_channels_last, set_layout
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    model = set_layout(build_model("resnet20", 1, 10, SIZE, width=0.5).eval(), channels_last)
+    assert is_channels_last(model) is channels_last
+    x = torch.randn(4, 1, SIZE, SIZE)
+    unit = find_units(model, x[:1])[1]
+    remove_channels(model, unit, torch.arange(unit.channels) % 2, x[:1])
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    assert all(p.is_contiguous(memory_format=fmt) for p in convs)
+    with torch.no_grad():
+        ref = model(x)
+    fresh = set_layout(build_model("resnet20", 1, 10, SIZE, width=0.5).eval(), channels_last)
+    apply_shapes(fresh, capture_shapes(model))
+    assert all(p.is_contiguous(memory_format=fmt) for p in fresh.parameters() if p.dim() == 4)
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh(x), ref)

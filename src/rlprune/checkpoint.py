@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from rlprune.errors import CheckpointError, RlpruneError
-from rlprune.models import ModelSpec
+from rlprune.models import ModelSpec, is_channels_last, set_layout
 
 __all__ = [
     "FORMAT",
@@ -138,14 +138,15 @@ def apply_shapes(model: nn.Module, shapes: dict[str, list[int]]) -> nn.Module:
 
     Works for any model with the same module names (zoo or a user's own), so a pruned model
     can be rebuilt from its unpruned architecture. Values are uninitialised until a state dict
-    is loaded.
+    is loaded. The model keeps its memory layout (NHWC stays NHWC).
     """
+    nhwc = is_channels_last(model)
     modules = dict(model.named_modules())
     for name, shape in shapes.items():
         if name not in modules:
             raise CheckpointError(f"pruned file names layer {name!r}, which the model lacks")
         _resize(modules[name], name, [int(s) for s in shape])
-    return model
+    return set_layout(model, True) if nhwc else model
 
 
 def save_checkpoint(

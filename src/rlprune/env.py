@@ -275,5 +275,5 @@ class PruningEnv:
         unit = self.unit
         self.end()
         kept = remove_channels(self.model, unit, mask, self.example, self.cfg.min_keep)
-        set_layout(self.model, self.cfg.channels_last)  # new tensors come back NCHW
+        set_layout(self.model, self.cfg.channels_last)  # the configured layout, whatever it was
         return kept

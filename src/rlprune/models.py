@@ -16,7 +16,7 @@ from torch import nn
 
 from rlprune.errors import ConfigError
 
-__all__ = ["MODELS", "ModelSpec", "build_model", "set_layout"]
+__all__ = ["MODELS", "ModelSpec", "build_model", "is_channels_last", "set_layout"]
 
 
 def _ch(base: int, width: float) -> int:
@@ -275,7 +275,23 @@ def set_layout(model: nn.Module, channels_last: bool) -> nn.Module:
     With NHWC weights, convolutions write NHWC activations and oneDNN takes its fast CPU
     kernels (measured on the 2-core dev machine by bench/layout.py: max-pool 8-21x, 3x3 convs
     1.2-3x, an SGD step 1.3x faster). Values are unchanged; results agree with NCHW to
-    float rounding. Call again after surgery: torch-pruning's index_select returns NCHW.
+    float rounding. :func:`rlprune.pruning.remove_channels` and
+    :func:`rlprune.checkpoint.apply_shapes` keep whichever layout the model has.
     """
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return model.to(memory_format=fmt)  # type: ignore[call-overload]  # missing from the stubs
+
+
+def is_channels_last(model: nn.Module) -> bool:
+    """Whether ``model``'s 4-D tensors are in NHWC (as :func:`set_layout` leaves them).
+
+    A tensor whose NCHW and NHWC layouts coincide (e.g. ``[O, I, 1, 1]``) says nothing; a
+    model with no telling tensor counts as NCHW, which is then the same memory.
+    """
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.dim() == 4:
+            nchw = t.is_contiguous()
+            nhwc = t.is_contiguous(memory_format=torch.channels_last)
+            if nchw != nhwc:
+                return nhwc
+    return False

@@ -9,6 +9,7 @@ import torch_pruning as tp
 from torch import nn
 
 from rlprune.errors import PruningError
+from rlprune.models import is_channels_last, set_layout
 from rlprune.pruning.units import Unit, build_graph, resolve_min_keep
 
 __all__ = ["filter_l1", "remove_channels"]
@@ -35,6 +36,9 @@ def remove_channels(
     min_keep: float = 1,
 ) -> list[int]:
     """Cut the channels of ``unit`` where ``keep_mask`` is 0, in place, via torch-pruning.
+
+    The model keeps its memory layout: torch-pruning's ``index_select`` hands back NCHW
+    tensors, so an NHWC model is put back in NHWC (issue 5: NHWC is the fast CPU path).
 
     Guard: if the mask keeps fewer than ``min_keep`` channels (a count if >= 1, else a fraction),
     the channels with the largest filter L1 norm among the pruned ones are kept back, so a layer
@@ -68,5 +72,8 @@ def remove_channels(
     group = dg.get_pruning_group(root, tp.prune_conv_out_channels, idxs=pruned)
     if not dg.check_pruning_group(group):
         raise PruningError(f"torch-pruning refused to prune {unit.name} to {len(kept)} channels")
+    nhwc = is_channels_last(model)
     group.prune()
+    if nhwc:
+        set_layout(model, True)
     return kept
