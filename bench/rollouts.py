@@ -11,6 +11,8 @@ Per unit of vgg-small and resnet20 on Fashion-MNIST validation images it prints 
 * naive NHWC - the same on an NHWC copy (how much of the gain is memory layout alone),
 * fast       - what ``rlprune prune`` does: NHWC model, prefix cache, suffix-only forward with
                the live model masked,
+* fast bf16  - the fast path with ``rollout.precision=bf16`` (bf16 autocast; NOT exact), and
+               the largest accuracy difference from fp32 over 6 masks,
 * batched    - fast, with the K masks of an update scored in one pass; adaptive BN off, so it
                is compared with the fast path with adaptive BN off, one mask at a time,
 
@@ -19,7 +21,7 @@ all with adaptive BN (the default) unless said otherwise, the median fast/naive 
 bound without also beating the arithmetic throughput of the kernels.
 
 With a trained checkpoint it then times whole searches with the demo settings (accuracy-bounded,
-1 pp), NHWC (the default) and NCHW.
+1 pp): NHWC (the default), NCHW, and NHWC with bf16 rollouts.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import torch
 import torch_pruning as tp
 
 from rlprune.checkpoint import load_model
-from rlprune.config import PruneConfig
+from rlprune.config import PruneConfig, RolloutConfig
 from rlprune.data import load_dataset
 from rlprune.models import build_model, set_layout
 from rlprune.pruning import find_units
@@ -80,10 +82,10 @@ def bench_model(
     print(
         "| unit | ch | suffix MACs | naive r/s | naive NHWC r/s | fast r/s | fast/naive "
         "| fast/naive NHWC | MAC bound | fast, no BN adapt r/s | batched, no BN adapt r/s "
-        "| cache MiB |"
+        "| cache MiB | fast bf16 r/s | bf16/naive | bf16 max abs diff pp |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    ratios = []
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ratios, bf16_ratios = [], []
     for unit in find_units(model, x[:1]):
         masks = (torch.rand(k, unit.channels, generator=g) > 0.3).float()
         naive = NaiveScorer(model, unit, x, y, 250, calib_x=calib)
@@ -92,24 +94,34 @@ def bench_model(
         r_naive = _rate(lambda n=naive, m=masks: n.accuracy(m[0]), 3)
         r_naive_cl = _rate(lambda n=naive_cl, m=masks: n.accuracy(m[0]), 3)
         r_fast = _rate(lambda f=fast, m=masks: f.accuracy(m[0]), 5)
+        r_bf16 = _rate(lambda f=fast, m=masks: _bf16(f.accuracy, m[0]), 5)
+        diff = max(abs(_bf16(fast.accuracy, m) - fast.accuracy(m)) for m in masks[:6])
         share = _suffix_share(model, fast, x)
         plain = PrefixScorer(nhwc, unit, x, y, 250)
         r_plain = _rate(lambda f=plain, m=masks: f.accuracy(m[0]), 5)
         r_batch = k * _rate(lambda f=plain, m=masks: f.accuracies(m), 3)
         plain.close()
         ratios.append(r_fast / r_naive)
+        bf16_ratios.append(r_bf16 / r_naive)
         print(
             f"| {unit.name} | {unit.channels} | {100 * share:.0f}% | {r_naive:.2f} | "
             f"{r_naive_cl:.2f} | {r_fast:.2f} | {r_fast / r_naive:.1f}x | "
             f"{r_fast / r_naive_cl:.1f}x | {1 / max(share, 1e-9):.1f}x | {r_plain:.2f} | {r_batch:.2f} | "
-            f"{fast.cache_mb:.1f} |"
+            f"{fast.cache_mb:.1f} | {r_bf16:.2f} | {r_bf16 / r_naive:.1f}x | {diff:.1f} |"
         )
         fast.close()
-    print(f"\nmedian fast/naive over units: **{statistics.median(ratios):.1f}x**")
+    print(f"\nmedian fast/naive over units: **{statistics.median(ratios):.1f}x** (exact)")
+    print(f"median fast bf16/naive over units: {statistics.median(bf16_ratios):.1f}x (not exact)")
     return ratios
 
 
-def bench_search(ckpt: Path, data, channels_last: bool) -> str:
+def _bf16(fn, mask: torch.Tensor) -> float:
+    """``fn(mask)`` under bf16 autocast, as ``rollout.precision=bf16`` runs rollouts."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return fn(mask)
+
+
+def bench_search(ckpt: Path, data, channels_last: bool, precision: str = "fp32") -> str:
     model, spec, _ = load_model(ckpt)
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
@@ -117,7 +129,7 @@ def bench_search(ckpt: Path, data, channels_last: bool) -> str:
             model,
             data.train,
             data.val,
-            PruneConfig(channels_last=channels_last),
+            PruneConfig(channels_last=channels_last, rollout=RolloutConfig(precision=precision)),
             test=data.test,
             out_dir=out,
             spec=spec,
@@ -129,7 +141,7 @@ def bench_search(ckpt: Path, data, channels_last: bool) -> str:
     scored = sum(u["rollouts_scored"] for u in res.units)
     reused = sum(u["rollouts_reused"] for u in res.units)
     return (
-        f"| {'NHWC' if channels_last else 'NCHW'} | {wall:.0f} | {agent:.0f} | "
+        f"| {'NHWC' if channels_last else 'NCHW'} | {precision} | {wall:.0f} | {agent:.0f} | "
         f"{1e3 * agent / max(1, scored):.0f} | {tune:.0f} | "
         f"{scored} / {reused} | {res.baseline['macs'] / res.pruned['macs']:.2f}x | "
         f"{res.baseline['test_acc']:.2f} -> {res.pruned['test_acc']:.2f} |"
@@ -163,12 +175,12 @@ def main() -> None:
         return
     print("\n### whole search, demo settings (vgg-small, --max-acc-drop 1)\n")
     print(
-        "| layout | wall s | agent s | agent ms per rollout | fine-tune s "
+        "| layout | rollouts | wall s | agent s | agent ms per rollout | fine-tune s "
         "| rollouts scored / reused | MACs | test % |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for channels_last in (True, False):
-        print(bench_search(ckpt, data, channels_last), flush=True)
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for channels_last, precision in ((True, "fp32"), (False, "fp32"), (True, "bf16")):
+        print(bench_search(ckpt, data, channels_last, precision), flush=True)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ def test_set_overrides_nested_keys() -> None:
         (["nonsense=1"], "nonsense"),
         (["agent.nonsense=1"], "agent.nonsense"),
         (["finetune_steps=1.5"], "finetune_steps"),
+        (["rollout.precision=fp16"], "rollout.precision"),
     ],
 )
 def test_bad_values_name_the_key(overrides, key) -> None:

@@ -6,7 +6,7 @@ import threading
 import pytest
 import torch
 
-from rlprune.config import PruneConfig, RewardConfig
+from rlprune.config import PruneConfig, RewardConfig, RolloutConfig
 from rlprune.distributed import DistContext
 from rlprune.env import PruningEnv
 from rlprune.models import build_model, set_layout
@@ -151,3 +151,31 @@ def test_memo_under_sharding_matches_one_process() -> None:
         assert sharded[r] == single[0]
         assert (e.scored, e.reused) == (scored, reused)
     assert sum(len(c) for _, c in ranks) == scored  # each distinct mask scored once, in all
+
+
+def test_bf16_rollouts_run_in_bf16_and_exact_scoring_in_fp32() -> None:
+    """``rollout.precision=bf16`` puts the suffix under bf16 autocast; ``exact=True`` (used for
+    the chosen mask's reported accuracy) and the default fp32 config do not."""
+    data = toy_split(64, seed=0)
+    seen: list[torch.dtype] = []
+
+    def run(precision: str, exact: bool) -> tuple[list[torch.dtype], float]:
+        model = ToyNet()
+        hook = model.classifier.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        cfg = PruneConfig(rollout=RolloutConfig(precision=precision, reward_set=64))
+        env = _env(model, data.images, data.labels, cfg)
+        unit = env.units()[0]
+        env.begin(unit, [unit.name])
+        seen.clear()
+        drop_k0 = torch.ones(8)
+        drop_k0[0] = 0
+        acc = (
+            env.accuracy(drop_k0, exact=exact) if exact else float(env.score(drop_k0[None]).accs[0])
+        )
+        hook.remove()
+        env.end()
+        return list(set(seen)), acc
+
+    assert run("bf16", exact=False) == ([torch.bfloat16], 75.0)
+    assert run("bf16", exact=True) == ([torch.float32], 75.0)
+    assert run("fp32", exact=False) == ([torch.float32], 75.0)

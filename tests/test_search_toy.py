@@ -114,3 +114,26 @@ def test_budget_projection_lands_on_the_unit_budget(tmp_path) -> None:
     # 6 of 8 filters is the count whose MACs are closest to 75% of the toy's MACs
     assert unit["channels_after"] == 6, unit["chosen"]
     assert res.pruned["macs"] / full == pytest.approx(0.75, abs=0.05)
+
+
+def test_bf16_search_reports_the_chosen_mask_rescored_in_fp32(tmp_path, monkeypatch) -> None:
+    """With ``rollout.precision=bf16`` the agent learns the same answer on the toy, and the
+    accuracy in the report comes from one fp32 re-scoring of the chosen mask."""
+    from rlprune.env import PruningEnv
+
+    calls: list[tuple[list[float], float]] = []
+    real = PruningEnv.accuracy
+
+    def spy(self: PruningEnv, mask: torch.Tensor, exact: bool = False) -> float:
+        acc = real(self, mask, exact)
+        if exact:
+            calls.append((mask.tolist(), acc))
+        return acc
+
+    monkeypatch.setattr(PruningEnv, "accuracy", spy)
+    base = _toy_cfg(updates=40, mode="accuracy", max_acc_drop=1.0)
+    cfg = dataclasses.replace(base, rollout=dataclasses.replace(base.rollout, precision="bf16"))
+    (unit,) = _toy_prune(ToyNet(), cfg, tmp_path / "run").units
+    assert unit["kept"] == [0, 1, 2, 3]
+    assert calls == [([1.0] * 4 + [0.0] * 4, 100.0)]
+    assert unit["rollout_acc"] == 100.0

@@ -7,6 +7,7 @@ set (validation images only, never the test split) and turns accuracies and MACs
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -130,6 +131,13 @@ class PruningEnv:
         self._memo: dict[bytes, float] = {}
         self.scored = 0  # rollouts run on the reward set for the current unit
         self.reused = 0  # rollouts answered from the memo
+        self._bf16 = cfg.rollout.precision == "bf16"
+        if self._bf16 and self.reward_x.device.type == "cpu":
+            if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                log.warning(
+                    "rollout.precision=bf16: this CPU has no bf16 kernels; expect it slower"
+                )
+            log.info("rollouts run under bf16 autocast (not exact; chosen masks re-scored in fp32)")
 
     # ------------------------------------------------------------------ units and state
     def units(self) -> list[Unit]:
@@ -194,10 +202,17 @@ class PruningEnv:
             self._scorer = None
 
     # ------------------------------------------------------------------ rollouts
-    def accuracy(self, mask: torch.Tensor) -> float:
-        """Reward-set accuracy (%) with ``mask`` on the current unit."""
+    def _precision(self, exact: bool = False) -> contextlib.AbstractContextManager[None]:
+        if exact or not self._bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.reward_x.device.type, dtype=torch.bfloat16)
+
+    def accuracy(self, mask: torch.Tensor, exact: bool = False) -> float:
+        """Reward-set accuracy (%) with ``mask`` on the current unit, in the rollout precision
+        (``exact``: in fp32 whatever ``rollout.precision`` says)."""
         assert self._scorer is not None, "call begin() first"
-        return self._scorer.accuracy(mask)
+        with self._precision(exact):
+            return self._scorer.accuracy(mask)
 
     @property
     def reward_set_size(self) -> int:
@@ -225,7 +240,8 @@ class PruningEnv:
         mine = [new[j] for j in self.dist.my_indices(len(new))]
         fresh = torch.zeros(len(masks), dtype=torch.float64)
         if self.cfg.rollout.batched and isinstance(scorer, PrefixScorer) and len(mine) > 1:
-            fresh[mine] = scorer.accuracies(masks[mine])
+            with self._precision():
+                fresh[mine] = scorer.accuracies(masks[mine])
         else:
             for i in mine:
                 fresh[i] = self.accuracy(masks[i])

@@ -276,6 +276,8 @@ def prune(
             collapsed = (cfg.reward.mode == "accuracy" and reward <= 0) or (
                 acc is not None and base_acc - acc > 50.0
             )
+            if cfg.rollout.precision != "fp32" and mask is not None and not collapsed:
+                acc = env.accuracy(mask, exact=True)  # the report's number is exact
             if collapsed:  # never destroy a unit: keep it whole (issue 7)
                 log.warning(
                     "%s: no mask within bounds (reward %.3f); unit left unpruned", name, reward
