@@ -163,8 +163,9 @@ class RolloutConfig:
     batched: bool = False  # score the K masks of an update in one pass (see bench/rollouts.py)
     adapt_bn: bool = True  # re-estimate downstream BN statistics per mask (EagleEye)
     # "bf16": rollouts run under bf16 autocast. NOT exact: 1.5-1.7x faster suffixes on an
-    # AVX512-BF16 CPU, accuracies within 0.5 pp of fp32 (bench/rollouts.py); the chosen mask
-    # is re-scored in fp32 for the report. "fp32" (default): exact rewards (issue 5).
+    # AVX512-BF16 CPU, accuracies within 0.2 pp of fp32 (bench/rollouts.py). The chosen mask's
+    # rollout_acc is re-scored in fp32; curves and det_acc stay in bf16. "fp32" (default):
+    # exact rewards (issue 5).
     precision: str = "fp32"
 
     def __post_init__(self) -> None:

@@ -85,6 +85,14 @@ def unit_budget(
     return lo
 
 
+def _cpu_has_bf16() -> bool:
+    """Whether oneDNN has native bf16 kernels here (AVX512-BF16/AMX); else bf16 is emulated."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without the probe
+        return False
+
+
 class PruningEnv:
     """One search's environment.
 
@@ -133,7 +141,7 @@ class PruningEnv:
         self.reused = 0  # rollouts answered from the memo
         self._bf16 = cfg.rollout.precision == "bf16"
         if self._bf16 and self.reward_x.device.type == "cpu":
-            if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            if not _cpu_has_bf16():
                 log.warning(
                     "rollout.precision=bf16: this CPU has no bf16 kernels; expect it slower"
                 )
