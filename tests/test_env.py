@@ -153,29 +153,41 @@ def test_memo_under_sharding_matches_one_process() -> None:
     assert sum(len(c) for _, c in ranks) == scored  # each distinct mask scored once, in all
 
 
-def test_bf16_rollouts_run_in_bf16_and_exact_scoring_in_fp32() -> None:
-    """``rollout.precision=bf16`` puts the suffix under bf16 autocast; ``exact=True`` (used for
-    the chosen mask's reported accuracy) and the default fp32 config do not."""
+@pytest.mark.parametrize("batched", [False, True])
+def test_bf16_rollouts_run_in_bf16_and_exact_scoring_in_fp32(batched: bool) -> None:
+    """``rollout.precision=bf16`` puts the suffix under bf16 autocast (one mask at a time and
+    batched); ``exact=True`` (the chosen mask's re-score) runs fp32 past the bf16 memo, and the
+    default fp32 config never sees bf16."""
     data = toy_split(64, seed=0)
-    seen: list[torch.dtype] = []
+    drop_k0, drop_z = torch.ones(8), torch.ones(8)
+    drop_k0[0], drop_z[5] = 0, 0  # 75% and 100% (see the memo test)
+    masks = torch.stack([drop_k0, drop_z])
 
-    def run(precision: str, exact: bool) -> tuple[list[torch.dtype], float]:
+    def dtypes(precision: str, exact: bool) -> set[torch.dtype]:
         model = ToyNet()
-        hook = model.classifier.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-        cfg = PruneConfig(rollout=RolloutConfig(precision=precision, reward_set=64))
-        env = _env(model, data.images, data.labels, cfg)
+        seen: set[torch.dtype] = set()
+        hook = model.classifier.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
+        rollout = RolloutConfig(precision=precision, reward_set=64, batched=batched, adapt_bn=False)
+        env = _env(model, data.images, data.labels, PruneConfig(rollout=rollout))
         unit = env.units()[0]
         env.begin(unit, [unit.name])
+        env.score(masks)  # fills the memo in the rollout precision
         seen.clear()
-        drop_k0 = torch.ones(8)
-        drop_k0[0] = 0
-        acc = (
-            env.accuracy(drop_k0, exact=exact) if exact else float(env.score(drop_k0[None]).accs[0])
-        )
+        batch = env.score(masks, exact=exact)
+        assert batch.accs.tolist() == [75.0, 100.0]
         hook.remove()
         env.end()
-        return list(set(seen)), acc
+        return seen
 
-    assert run("bf16", exact=False) == ([torch.bfloat16], 75.0)
-    assert run("bf16", exact=True) == ([torch.float32], 75.0)
-    assert run("fp32", exact=False) == ([torch.float32], 75.0)
+    assert dtypes("bf16", exact=False) == set()  # answered from the memo
+    assert dtypes("bf16", exact=True) == {torch.float32}
+    assert dtypes("fp32", exact=True) == set()  # fp32 memo values are exact already
+    model = ToyNet()
+    seen: set[torch.dtype] = set()
+    model.classifier.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
+    rollout = RolloutConfig(precision="bf16", reward_set=64, batched=batched, adapt_bn=False)
+    env = _env(model, data.images, data.labels, PruneConfig(rollout=rollout))
+    env.begin(env.units()[0], [env.units()[0].name])
+    seen.clear()
+    env.score(masks)
+    assert seen == {torch.bfloat16}

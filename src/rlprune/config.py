@@ -162,10 +162,10 @@ class RolloutConfig:
     calib_set: int = 256  # images for per-filter activation statistics
     batched: bool = False  # score the K masks of an update in one pass (see bench/rollouts.py)
     adapt_bn: bool = True  # re-estimate downstream BN statistics per mask (EagleEye)
-    # "bf16": rollouts run under bf16 autocast. NOT exact: 1.5-1.7x faster suffixes on an
-    # AVX512-BF16 CPU, accuracies within 0.2 pp of fp32 (bench/rollouts.py). The chosen mask's
-    # rollout_acc is re-scored in fp32; curves and det_acc stay in bf16. "fp32" (default):
-    # exact rewards (issue 5).
+    # "bf16": rollouts run under bf16 autocast. NOT exact: median 1.5-1.7x faster rollouts on
+    # an AVX512-BF16 CPU, accuracies within 0.2 pp of fp32 on the trained vgg-small
+    # (bench/rollouts.py). The chosen mask is re-scored in fp32 (its rollout_acc and reward are
+    # exact); curves and det_* stay bf16. "fp32" (default): exact rewards (issue 5).
     precision: str = "fp32"
 
     def __post_init__(self) -> None:

@@ -86,10 +86,11 @@ def unit_budget(
 
 
 def _cpu_has_bf16() -> bool:
-    """Whether oneDNN has native bf16 kernels here (AVX512-BF16/AMX); else bf16 is emulated."""
+    """Whether this CPU has native bf16 instructions (AVX512-BF16 or AMX); oneDNN emulates bf16
+    on other AVX-512 CPUs, slower than fp32."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch without the probe
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # a torch without the probes
         return False
 
 
@@ -140,11 +141,9 @@ class PruningEnv:
         self.scored = 0  # rollouts run on the reward set for the current unit
         self.reused = 0  # rollouts answered from the memo
         self._bf16 = cfg.rollout.precision == "bf16"
-        if self._bf16 and self.reward_x.device.type == "cpu":
-            if not _cpu_has_bf16():
-                log.warning(
-                    "rollout.precision=bf16: this CPU has no bf16 kernels; expect it slower"
-                )
+        if self._bf16:
+            if self.reward_x.device.type == "cpu" and not _cpu_has_bf16():
+                log.warning("rollout.precision=bf16: no native bf16 on this CPU; expect it slower")
             log.info("rollouts run under bf16 autocast (not exact; chosen masks re-scored in fp32)")
 
     # ------------------------------------------------------------------ units and state
@@ -230,15 +229,20 @@ class PruningEnv:
         """Standard error (pp) of an accuracy on the reward set: the noise the agent fights."""
         return accuracy_stderr(acc, self.reward_set_size)
 
-    def score(self, masks: torch.Tensor) -> RolloutBatch:
-        """Accuracy, MACs and reward of each mask in ``masks [K, C]``."""
+    def score(self, masks: torch.Tensor, exact: bool = False) -> RolloutBatch:
+        """Accuracy, MACs and reward of each mask in ``masks [K, C]``.
+
+        ``exact``: score in fp32 whatever ``rollout.precision`` says, past the memo (which
+        holds accuracies in the rollout precision).
+        """
         assert self.unit is not None and self.mac_model is not None
         unit, rc = self.unit, self.cfg.reward
         kept = masks.sum(dim=1)
         scorer = self._scorer
         keys = [m.float().cpu().numpy().tobytes() for m in masks.detach()]  # exact, any values
+        memo: dict[bytes, float] = {} if exact and self._bf16 else self._memo
         new: list[int] = []  # first occurrence of each mask not scored yet
-        seen = set(self._memo)
+        seen = set(memo)
         for i, k in enumerate(keys):
             if k not in seen:
                 seen.add(k)
@@ -248,15 +252,15 @@ class PruningEnv:
         mine = [new[j] for j in self.dist.my_indices(len(new))]
         fresh = torch.zeros(len(masks), dtype=torch.float64)
         if self.cfg.rollout.batched and isinstance(scorer, PrefixScorer) and len(mine) > 1:
-            with self._precision():
+            with self._precision(exact):
                 fresh[mine] = scorer.accuracies(masks[mine])
         else:
             for i in mine:
-                fresh[i] = self.accuracy(masks[i])
+                fresh[i] = self.accuracy(masks[i], exact)
         fresh = self.dist.sum(fresh)
         for i in new:
-            self._memo[keys[i]] = float(fresh[i])
-        accs = torch.tensor([self._memo[k] for k in keys], dtype=torch.float64)
+            memo[keys[i]] = float(fresh[i])
+        accs = torch.tensor([memo[k] for k in keys], dtype=torch.float64)
         self.scored += len(new)
         self.reused += len(masks) - len(new)
         macs = self.mac_model.macs(kept, unit.channels)

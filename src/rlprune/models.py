@@ -283,15 +283,16 @@ def set_layout(model: nn.Module, channels_last: bool) -> nn.Module:
 
 
 def is_channels_last(model: nn.Module) -> bool:
-    """Whether ``model``'s 4-D tensors are in NHWC (as :func:`set_layout` leaves them).
+    """Whether ``model``'s 4-D tensors carry NHWC strides (as :func:`set_layout` leaves them).
 
-    A tensor whose NCHW and NHWC layouts coincide (e.g. ``[O, I, 1, 1]``) says nothing; a
-    model with no telling tensor counts as NCHW, which is then the same memory.
+    Strides are compared exactly, size-1 dims included: a ``[C, 1, 3, 3]`` stem or an
+    ``[O, I, 1, 1]`` pointwise weight is contiguous in both senses, but oneDNN picks its kernels
+    from the strides, so they still tell the layout.
     """
     for t in [*model.parameters(), *model.buffers()]:
         if t.dim() == 4:
-            nchw = t.is_contiguous()
-            nhwc = t.is_contiguous(memory_format=torch.channels_last)
-            if nchw != nhwc:
+            nhwc = t.stride() == torch.empty_like(t, memory_format=torch.channels_last).stride()
+            nchw = t.stride() == torch.empty_like(t, memory_format=torch.contiguous_format).stride()
+            if nhwc != nchw:
                 return nhwc
     return False

@@ -165,7 +165,8 @@ def prune(
     records: list[dict[str, Any]] = []
     saved = run.load_state("model.pt")
     if saved is not None:
-        apply_shapes(model, saved["shapes"])  # keeps the layout set above
+        apply_shapes(model, saved["shapes"])
+        set_layout(model, cfg.channels_last)  # cheap when apply_shapes already kept it
         model.load_state_dict(saved["state_dict"])
         model.eval()
         records = list(saved["records"])
@@ -273,11 +274,12 @@ def prune(
                     pb = env.score(projected[None])
                     chosen, mask = f"{chosen}+projected", projected
                     acc, reward = float(pb.accs[0]), float(pb.rewards[0])
+            if cfg.rollout.precision != "fp32":  # decide and report on exact fp32 numbers
+                eb = env.score(mask[None], exact=True)
+                acc, reward = float(eb.accs[0]), float(eb.rewards[0])
             collapsed = (cfg.reward.mode == "accuracy" and reward <= 0) or (
                 acc is not None and base_acc - acc > 50.0
             )
-            if cfg.rollout.precision != "fp32" and mask is not None and not collapsed:
-                acc = env.accuracy(mask, exact=True)  # the report's number is exact
             if collapsed:  # never destroy a unit: keep it whole (issue 7)
                 log.warning(
                     "%s: no mask within bounds (reward %.3f); unit left unpruned", name, reward
@@ -314,6 +316,7 @@ def prune(
                 "%s: val acc %.2f%% after fine-tune is beyond the bound; cut undone", name, val_acc
             )
             apply_shapes(model, before[0])
+            set_layout(model, cfg.channels_last)
             model.load_state_dict(before[1])
             model.eval()
             kept, decided = list(range(unit.channels)), {**decided, "chosen": "reverted"}
