@@ -154,6 +154,7 @@ def main() -> None:
     p.add_argument("--k", type=int, default=12, help="masks per update for the batched column")
     p.add_argument("--checkpoint", default="runs/demo/base/model.pt")
     p.add_argument("--no-search", action="store_true", help="skip the whole-search timing")
+    p.add_argument("--search-only", action="store_true", help="only the whole-search timing")
     args = p.parse_args()
     torch.manual_seed(0)
     print(
@@ -166,8 +167,9 @@ def main() -> None:
     calib = data.train.subset(256, seed=1).images
     ckpt = Path(args.checkpoint)
     vgg = load_model(ckpt)[0] if ckpt.is_file() else build_model("vgg-small", 1, 10, 28)
-    bench_model("vgg-small", vgg, x, y, calib, args.k)
-    bench_model("resnet20", build_model("resnet20", 1, 10, 28), x, y, calib, args.k)
+    if not args.search_only:
+        bench_model("vgg-small", vgg, x, y, calib, args.k)
+        bench_model("resnet20", build_model("resnet20", 1, 10, 28), x, y, calib, args.k)
     if args.no_search:
         return
     if not ckpt.is_file():
