@@ -163,31 +163,24 @@ def test_bf16_rollouts_run_in_bf16_and_exact_scoring_in_fp32(batched: bool) -> N
     drop_k0[0], drop_z[5] = 0, 0  # 75% and 100% (see the memo test)
     masks = torch.stack([drop_k0, drop_z])
 
-    def dtypes(precision: str, exact: bool) -> set[torch.dtype]:
+    def dtypes(precision: str, exact: bool) -> tuple[set[torch.dtype], set[torch.dtype]]:
+        """Logit dtypes of a first scoring (fills the memo) and of a second one."""
         model = ToyNet()
-        seen: set[torch.dtype] = set()
-        hook = model.classifier.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
         rollout = RolloutConfig(precision=precision, reward_set=64, batched=batched, adapt_bn=False)
         env = _env(model, data.images, data.labels, PruneConfig(rollout=rollout))
         unit = env.units()[0]
         env.begin(unit, [unit.name])
-        env.score(masks)  # fills the memo in the rollout precision
-        seen.clear()
-        batch = env.score(masks, exact=exact)
-        assert batch.accs.tolist() == [75.0, 100.0]
+        seen: list[set[torch.dtype]] = []
+        hook = model.classifier.register_forward_hook(lambda m, i, o: seen[-1].add(o.dtype))
+        for second in (False, True):
+            seen.append(set())
+            batch = env.score(masks, exact=exact and second)
+            assert batch.accs.tolist() == [75.0, 100.0]
         hook.remove()
         env.end()
-        return seen
+        return seen[0], seen[1]
 
-    assert dtypes("bf16", exact=False) == set()  # answered from the memo
-    assert dtypes("bf16", exact=True) == {torch.float32}
-    assert dtypes("fp32", exact=True) == set()  # fp32 memo values are exact already
-    model = ToyNet()
-    seen: set[torch.dtype] = set()
-    model.classifier.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
-    rollout = RolloutConfig(precision="bf16", reward_set=64, batched=batched, adapt_bn=False)
-    env = _env(model, data.images, data.labels, PruneConfig(rollout=rollout))
-    env.begin(env.units()[0], [env.units()[0].name])
-    seen.clear()
-    env.score(masks)
-    assert seen == {torch.bfloat16}
+    bf16, fp32 = torch.bfloat16, torch.float32
+    assert dtypes("bf16", exact=False) == ({bf16}, set())  # then answered from the memo
+    assert dtypes("bf16", exact=True) == ({bf16}, {fp32})
+    assert dtypes("fp32", exact=True) == ({fp32}, set())  # fp32 memo values are exact already

@@ -169,10 +169,7 @@ class PruningEnv:
             # the convs shared by two units are bias-free, as in the zoo; see UnitMacs).
             units = self.units()
             macs = UnitMacs(self.model, units, self.example)
-            full = {u.name: u.channels for u in units}
-            one_less = macs({**full, unit.name: unit.channels - 1}) if unit.channels > 1 else 0.0
-            slope = macs.total - one_less if unit.channels > 1 else 0.0
-            self.mac_model = MacModel(int(macs.total), float(slope))
+            self.mac_model = macs.line(unit.name)
             target = self.cfg.reward.target_macs * self.base_macs
             current = {u.name: u for u in units}
             remaining = [current[n] for n in order[order.index(unit.name) :] if n in current]

@@ -165,8 +165,7 @@ def prune(
     records: list[dict[str, Any]] = []
     saved = run.load_state("model.pt")
     if saved is not None:
-        apply_shapes(model, saved["shapes"])
-        set_layout(model, cfg.channels_last)  # cheap when apply_shapes already kept it
+        apply_shapes(model, saved["shapes"])  # keeps the layout set above
         model.load_state_dict(saved["state_dict"])
         model.eval()
         records = list(saved["records"])
@@ -316,7 +315,6 @@ def prune(
                 "%s: val acc %.2f%% after fine-tune is beyond the bound; cut undone", name, val_acc
             )
             apply_shapes(model, before[0])
-            set_layout(model, cfg.channels_last)
             model.load_state_dict(before[1])
             model.eval()
             kept, decided = list(range(unit.channels)), {**decided, "chosen": "reverted"}
