@@ -1,4 +1,6 @@
-"""Rollout throughput: naive path vs fast path per unit, and whole searches (issue 5).
+"""Rollout throughput: naive path vs fast path per unit, and whole searches.
+
+Rollouts are the search's hot loop, so their speed sets the wall time of a search.
 
 Usage (also run by ``make bench``)::
 
@@ -7,7 +9,7 @@ Usage (also run by ``make bench``)::
 Per unit of vgg-small and resnet20 on Fashion-MNIST validation images it prints rollouts/s of
 
 * naive      - deepcopy + physical cut (torch-pruning) + full forward per mask, on the model as
-               users hand it over (NCHW): the naive path of issue 5,
+               users hand it over (NCHW): the path the fast one replaced,
 * naive NHWC - the same on an NHWC copy (how much of the gain is memory layout alone),
 * fast       - what ``rlprune prune`` does: NHWC model, prefix cache, suffix-only forward with
                the live model masked,
@@ -136,15 +138,15 @@ def bench_search(ckpt: Path, data, channels_last: bool, precision: str = "fp32")
             hflip=data.hflip,
         )
         wall = time.perf_counter() - t
-    agent = sum(u["agent_s"] for u in res.units)
-    tune = sum(u["finetune_s"] for u in res.units)
-    scored = sum(u["rollouts_scored"] for u in res.units)
-    reused = sum(u["rollouts_reused"] for u in res.units)
+    agent = sum(u.agent_s for u in res.units)
+    tune = sum(u.finetune_s for u in res.units)
+    scored = sum(u.rollouts_scored for u in res.units)
+    reused = sum(u.rollouts_reused for u in res.units)
     return (
         f"| {'NHWC' if channels_last else 'NCHW'} | {precision} | {wall:.0f} | {agent:.0f} | "
         f"{1e3 * agent / max(1, scored):.0f} | {tune:.0f} | "
-        f"{scored} / {reused} | {res.baseline['macs'] / res.pruned['macs']:.2f}x | "
-        f"{res.baseline['test_acc']:.2f} -> {res.pruned['test_acc']:.2f} |"
+        f"{scored} / {reused} | {res.baseline.macs / res.pruned.macs:.2f}x | "
+        f"{res.baseline.test_acc:.2f} -> {res.pruned.test_acc:.2f} |"
     )
 
 

@@ -149,10 +149,10 @@ def test_unit_whose_every_mask_collapses_is_kept_whole(tmp_path: Path) -> None:
         test=toy_split(100, 2),
         out_dir=tmp_path / "run",
     )
-    assert [u["unit"] for u in res.units] == ["conv1", "conv2"]
+    assert [u.unit for u in res.units] == ["conv1", "conv2"]
     for u in res.units:
-        assert u["chosen"] in ("unpruned", "reverted"), u
-        assert u["channels_after"] == u["channels_before"] == 4
-        assert u["kept"] == [0, 1, 2, 3]
-    assert res.pruned["test_acc"] == res.baseline["test_acc"] == 100.0
-    assert res.pruned["macs"] == res.baseline["macs"]
+        assert u.chosen in ("unpruned", "reverted"), u
+        assert u.channels_after == u.channels_before == 4
+        assert u.kept == [0, 1, 2, 3]
+    assert res.pruned.test_acc == res.baseline.test_acc == 100.0
+    assert res.pruned.macs == res.baseline.macs

@@ -94,13 +94,13 @@ def test_same_seed_gives_the_pinned_masks(tmp_path: Path, mode: str) -> None:
         out_dir=tmp_path / "run",
     )
     got = {
-        u["unit"]: (
-            u["kept"],
-            u["det_kept"],
-            u["chosen"],
-            u["updates"],
-            u["rollouts_scored"],
-            u["reward_curve"],
+        u.unit: (
+            u.kept,
+            u.det_kept,
+            u.chosen,
+            u.updates,
+            u.rollouts_scored,
+            u.reward_curve,
         )
         for u in res.units
     }

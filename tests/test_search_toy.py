@@ -39,12 +39,12 @@ def test_policy_prunes_exactly_the_zero_filters(tmp_path) -> None:
     cfg = _toy_cfg(updates=40, mode="accuracy", max_acc_drop=1.0)
     res = _toy_prune(model, cfg, tmp_path / "run")
     (unit,) = res.units
-    assert unit["kept"] == [0, 1, 2, 3]
-    assert res.pruned["test_acc"] == 100.0
-    assert res.pruned["macs"] < res.baseline["macs"]
+    assert unit.kept == [0, 1, 2, 3]
+    assert res.pruned.test_acc == 100.0
+    assert res.pruned.macs < res.baseline.macs
     # the learned policy itself (not only the best sample) separates the two groups
-    assert unit["det_kept"] == [0, 1, 2, 3]
-    assert unit["det_acc"] == 100.0
+    assert unit.det_kept == [0, 1, 2, 3]
+    assert unit.det_acc == 100.0
 
 
 @pytest.mark.parametrize("mode", ["budget", "amc"])
@@ -59,9 +59,9 @@ def test_budget_modes_land_on_the_target_without_losing_accuracy(tmp_path, mode:
     remove_channels(probe, unit, torch.tensor([1.0] * 4 + [0.0] * 4), x)
     target = count_macs_params(probe, x)[0] / full
     res = _toy_prune(model, _toy_cfg(mode=mode, target_macs=target), tmp_path / mode)
-    assert res.units[0]["kept"] == [0, 1, 2, 3]
-    assert res.pruned["macs"] / full == pytest.approx(target, rel=0.02)
-    assert res.pruned["test_acc"] == 100.0
+    assert res.units[0].kept == [0, 1, 2, 3]
+    assert res.pruned.macs / full == pytest.approx(target, rel=0.02)
+    assert res.pruned.test_acc == 100.0
 
 
 def test_huang_weight_state_finds_the_zero_filters(tmp_path) -> None:
@@ -80,8 +80,8 @@ def test_huang_weight_state_finds_the_zero_filters(tmp_path) -> None:
         ),
     )
     res = _toy_prune(ToyNet(), cfg, tmp_path / "w")
-    assert res.units[0]["kept"] == [0, 1, 2, 3]
-    assert res.pruned["test_acc"] == 100.0
+    assert res.units[0].kept == [0, 1, 2, 3]
+    assert res.pruned.test_acc == 100.0
 
 
 def test_report_command_regenerates_markdown_and_plots(tmp_path) -> None:
@@ -112,8 +112,8 @@ def test_budget_projection_lands_on_the_unit_budget(tmp_path) -> None:
     res = _toy_prune(model, cfg, tmp_path / "p")
     unit = res.units[0]
     # 6 of 8 filters is the count whose MACs are closest to 75% of the toy's MACs
-    assert unit["channels_after"] == 6, unit["chosen"]
-    assert res.pruned["macs"] / full == pytest.approx(0.75, abs=0.05)
+    assert unit.channels_after == 6, unit.chosen
+    assert res.pruned.macs / full == pytest.approx(0.75, abs=0.05)
 
 
 def test_bf16_search_reports_the_chosen_mask_rescored_in_fp32(tmp_path, monkeypatch) -> None:
@@ -135,6 +135,6 @@ def test_bf16_search_reports_the_chosen_mask_rescored_in_fp32(tmp_path, monkeypa
     base = _toy_cfg(updates=40, mode="accuracy", max_acc_drop=1.0)
     cfg = dataclasses.replace(base, rollout=dataclasses.replace(base.rollout, precision="bf16"))
     (unit,) = _toy_prune(ToyNet(), cfg, tmp_path / "run").units
-    assert unit["kept"] == [0, 1, 2, 3]
+    assert unit.kept == [0, 1, 2, 3]
     assert calls == [[1.0] * 4 + [0.0] * 4]
-    assert unit["rollout_acc"] == 99.875
+    assert unit.rollout_acc == 99.875

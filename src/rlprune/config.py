@@ -13,7 +13,7 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 
@@ -24,6 +24,7 @@ __all__ = [
     "PruneConfig",
     "RewardConfig",
     "RolloutConfig",
+    "SearchStrategy",
     "TrainConfig",
     "apply_overrides",
     "config_from_dict",
@@ -33,10 +34,24 @@ __all__ = [
 
 T = TypeVar("T")
 
+StateKind = Literal["features", "weights"]
+BaselineKind = Literal["batch-mean", "moving-average"]
+RewardMode = Literal["accuracy", "budget", "amc"]
+Efficiency = Literal["macs", "filters"]
+Precision = Literal["fp32", "bf16"]
+WalkOrder = Literal["forward", "reverse", "macs"]
+SearchStrategy = Literal["layerwise"]
+
 
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
         raise ConfigError(f"invalid config value for '{key}': {msg}")
+
+
+def _check_choice(value: object, choices: Any, key: str) -> None:
+    """``value`` is one of the ``Literal`` type ``choices``."""
+    allowed = get_args(choices)
+    _check(value in allowed, key, f"one of {' | '.join(allowed)}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,13 +81,13 @@ class TrainConfig:
 class AgentConfig:
     """Policy network and REINFORCE settings (Huang et al. 2018, Sec. 3)."""
 
-    state: str = "features"  # "features" (per-filter statistics) or "weights" (Huang et al.)
+    state: StateKind = "features"  # per-filter statistics, or Huang et al.'s raw weights
     hidden: int = 64
     lr: float = 0.05
     samples: int = 10  # K masks per policy update
     updates: int = 8  # U policy updates per unit (upper bound; early stop may end sooner)
     entropy_coef: float = 0.02
-    baseline: str = "batch-mean"  # or "moving-average"
+    baseline: BaselineKind = "batch-mean"
     baseline_momentum: float = 0.9
     normalize_advantage: bool = True
     grad_clip: float = 1.0
@@ -83,17 +98,13 @@ class AgentConfig:
     shared: bool = False  # one policy across units (True) or a fresh one per unit (False)
 
     def __post_init__(self) -> None:
-        _check(self.state in ("features", "weights"), "agent.state", "features | weights")
+        _check_choice(self.state, StateKind, "agent.state")
         _check(self.hidden >= 1, "agent.hidden", "must be >= 1")
         _check(self.lr > 0, "agent.lr", "must be > 0")
         _check(self.samples >= 2, "agent.samples", "must be >= 2 (a baseline needs two)")
         _check(self.updates >= 1, "agent.updates", "must be >= 1")
         _check(self.entropy_coef >= 0, "agent.entropy_coef", "must be >= 0")
-        _check(
-            self.baseline in ("batch-mean", "moving-average"),
-            "agent.baseline",
-            "batch-mean | moving-average",
-        )
+        _check_choice(self.baseline, BaselineKind, "agent.baseline")
         _check(0 <= self.baseline_momentum < 1, "agent.baseline_momentum", "must be in [0, 1)")
         _check(self.grad_clip > 0, "agent.grad_clip", "must be > 0")
         _check(0 < self.init_keep < 1, "agent.init_keep", "must be in (0, 1)")
@@ -110,10 +121,10 @@ class RewardConfig:
     drives the search; ``mode="amc"`` uses AMC's ``-error * log(MACs)`` with a MAC budget.
     """
 
-    mode: str = "accuracy"  # "accuracy" | "budget" | "amc"
+    mode: RewardMode = "accuracy"
     max_acc_drop: float = 1.0  # pp, accuracy mode: final tolerated drop
     tolerance: float = 0.0  # pp, tolerated drop b of a rollout before fine-tuning; 0 -> auto
-    efficiency: str = "macs"  # "macs" | "filters": what the efficiency term counts
+    efficiency: Efficiency = "macs"  # what the efficiency term counts
     target_macs: float = 0.0  # fraction of baseline MACs to reach (budget/amc modes)
     guard: float = 2.0  # accuracy mode: undo a cut if val drop after its fine-tune > guard * bound
     project: bool = False  # budget modes: project the chosen mask onto the unit's MAC budget
@@ -121,10 +132,10 @@ class RewardConfig:
     budget_under: float = 20.0  # pp per unit of log-undershoot (pruning past the unit's share)
 
     def __post_init__(self) -> None:
-        _check(self.mode in ("accuracy", "budget", "amc"), "reward.mode", "accuracy|budget|amc")
+        _check_choice(self.mode, RewardMode, "reward.mode")
         _check(self.max_acc_drop > 0, "max_acc_drop", f"must be > 0, got {self.max_acc_drop}")
         _check(self.tolerance >= 0, "reward.tolerance", "must be >= 0")
-        _check(self.efficiency in ("filters", "macs"), "reward.efficiency", "filters | macs")
+        _check_choice(self.efficiency, Efficiency, "reward.efficiency")
         if self.mode == "accuracy":
             _check(
                 self.target_macs == 0,
@@ -153,7 +164,7 @@ class RewardConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
-    """How rollouts are scored (issue 5: prefix cache, masks, reward-set size, memory cap)."""
+    """How rollouts, the search's hot loop, are scored (prefix cache, masks, set size, memory)."""
 
     reward_set: int = 1000  # validation images each rollout is scored on
     batch_size: int = 250
@@ -162,15 +173,16 @@ class RolloutConfig:
     calib_set: int = 256  # images for per-filter activation statistics
     batched: bool = False  # score the K masks of an update in one pass (see bench/rollouts.py)
     adapt_bn: bool = True  # re-estimate downstream BN statistics per mask (EagleEye)
-    # "bf16": rollouts run under bf16 autocast. NOT exact: median 1.5-1.7x faster rollouts on
-    # an AVX512-BF16 CPU, accuracies within 0.2 pp of fp32 on the trained vgg-small
-    # (bench/rollouts.py). The chosen mask is re-scored in fp32 (its rollout_acc and reward are
-    # exact); curves and det_* stay bf16. "fp32" (default): exact rewards (issue 5).
-    precision: str = "fp32"
+    # "bf16": rollouts run under bf16 autocast. NOT exact: it trades a small accuracy error
+    # for speed on CPUs with native bf16 (AVX512-BF16); the measured figures are in
+    # docs/BENCHMARKS.md (bench/rollouts.py). The chosen mask is re-scored in fp32 (its
+    # rollout_acc and reward are exact); curves and det_* stay bf16. "fp32" (default): exact
+    # rewards, so a search gives the same masks whichever scorer runs it.
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         _check(self.reward_set >= 10, "rollout.reward_set", "must be >= 10")
-        _check(self.precision in ("fp32", "bf16"), "rollout.precision", "must be fp32 or bf16")
+        _check_choice(self.precision, Precision, "rollout.precision")
         _check(self.batch_size >= 1, "rollout.batch_size", "must be >= 1")
         _check(self.cache_mb > 0, "rollout.cache_mb", "must be > 0")
         _check(self.calib_set >= 2, "rollout.calib_set", "must be >= 2")
@@ -181,7 +193,8 @@ class PruneConfig:
     """The whole layer-by-layer search."""
 
     seed: int = 0
-    order: str = "forward"  # unit order: "forward" | "reverse" | "macs" (largest share first)
+    strategy: SearchStrategy = "layerwise"  # how the search walks the network
+    order: WalkOrder = "forward"  # layerwise unit order ("macs": largest MAC share first)
     exclude: tuple[str, ...] = ()  # module names never pruned (the classifier never is)
     min_keep: float = 0.1  # per unit: >= 1 -> channel count, < 1 -> fraction of channels
     finetune_steps: int = 100  # SGD steps after each unit
@@ -190,16 +203,17 @@ class PruneConfig:
     batch_size: int = 128
     weight_decay: float = 5e-4
     latency_runs: int = 20
-    # NHWC layout for rollouts, fine-tuning and measurement (issue 5): on the dev CPU max-pool
-    # runs 8-21x, 3x3 convs 1.2-3x and an SGD step 1.3x faster than in NCHW, with the same
-    # accuracies (bench/layout.py). The pruned model files are layout-free state dicts.
+    # NHWC layout for rollouts, fine-tuning and measurement: oneDNN's CPU pooling and conv
+    # kernels are faster on NHWC than NCHW, with the same accuracies (figures in
+    # docs/BENCHMARKS.md, from bench/layout.py). The pruned model files are layout-free.
     channels_last: bool = True
     agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
 
     def __post_init__(self) -> None:
-        _check(self.order in ("forward", "reverse", "macs"), "order", "forward|reverse|macs")
+        _check_choice(self.strategy, SearchStrategy, "strategy")
+        _check_choice(self.order, WalkOrder, "order")
         _check(self.min_keep > 0, "min_keep", f"must be > 0, got {self.min_keep}")
         _check(self.finetune_steps >= 0, "finetune_steps", "must be >= 0")
         _check(self.finetune_lr > 0, "finetune_lr", "must be > 0")
@@ -232,6 +246,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             value = [s for s in value.split(",") if s]
         _check(isinstance(value, (list, tuple)), key, f"expected a list, got {value!r}")
         return tuple(str(v) for v in value)
+    if origin is Literal:
+        _check_choice(value, tp, key)
+        return value
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:

@@ -199,6 +199,10 @@ class PruningEnv:
         stats = unit_statistics(self.model, unit, *self.calib)
         return feature_state(stats, unit, len(order), self.mac_model.total / self.base_macs)
 
+    def restore_counts(self, scored: int, reused: int) -> None:
+        """Continue the current unit's rollout counts (a resumed run: counts survive a kill)."""
+        self.scored, self.reused = scored, reused
+
     def end(self) -> None:
         """Release the current unit's hooks and cache."""
         if self._scorer is not None:

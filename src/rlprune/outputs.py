@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,39 @@ from rlprune.report import write_report
 from rlprune.runstate import RunDir
 from rlprune.train import evaluate
 
-__all__ = ["measure_model", "write_outputs"]
+__all__ = ["Measurement", "measure_model", "write_outputs"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Measurement:
+    """A model's numbers before or after pruning (a ``report.json`` section).
+
+    Accuracies in %, latencies in ms (median and inter-quartile range of timed passes; absent
+    where latency was not measured).
+    """
+
+    val_acc: float
+    test_acc: float | None
+    macs: int
+    params: int
+    threads: int
+    latency_b1_ms: float | None = None
+    latency_b1_iqr_ms: float | None = None
+    latency_b64_ms: float | None = None
+    latency_b64_iqr_ms: float | None = None
+    reward_set_acc: float | None = None  # baseline only: what rollouts are compared with
+    file_bytes: int | None = None  # size of the saved model file
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form; fields that were not measured are left out."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Measurement:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def measure_model(
@@ -32,21 +64,22 @@ def measure_model(
     latency_runs: int = 20,
     device: torch.device | str = "cpu",
     latency: bool = True,
-) -> dict[str, Any]:
+) -> Measurement:
     """Accuracy (val, test), MACs, params and (unless ``latency=False``) latency at batch 1
     and 64."""
     macs, params = count_macs_params(model, example_input)
-    out: dict[str, Any] = {
-        "val_acc": evaluate(model, val, device=device),
-        "test_acc": evaluate(model, test, device=device) if test is not None else None,
-        "macs": macs,
-        "params": params,
-    }
-    for batch in (1, 64) if latency else ():
-        lat = measure_latency(model, example_input, batch=batch, runs=latency_runs)
-        out[f"latency_b{batch}_ms"] = lat.median_ms
-        out[f"latency_b{batch}_iqr_ms"] = lat.iqr_ms
-    out["threads"] = torch.get_num_threads()
+    out = Measurement(
+        val_acc=evaluate(model, val, device=device),
+        test_acc=evaluate(model, test, device=device) if test is not None else None,
+        macs=macs,
+        params=params,
+        threads=torch.get_num_threads(),
+    )
+    if latency:
+        b1 = measure_latency(model, example_input, batch=1, runs=latency_runs)
+        b64 = measure_latency(model, example_input, batch=64, runs=latency_runs)
+        out.latency_b1_ms, out.latency_b1_iqr_ms = b1.median_ms, b1.iqr_ms
+        out.latency_b64_ms, out.latency_b64_iqr_ms = b64.median_ms, b64.iqr_ms
     return out
 
 
@@ -56,24 +89,27 @@ def write_outputs(
     original: nn.Module,
     spec: ModelSpec | None,
     example_input: torch.Tensor,
-    baseline: dict[str, Any],
-    pruned: dict[str, Any],
+    baseline: Measurement,
+    pruned: Measurement,
     records: list[dict[str, Any]],
     cfg: PruneConfig,
 ) -> Path:
-    """Write ``model.pt`` (weights_only-loadable), ``model.pt2``, ``report.json/.md`` and plots."""
-    meta = {"baseline": baseline, "pruned": pruned}
+    """Write ``model.pt`` (weights_only-loadable), ``model.pt2``, ``report.json/.md`` and plots.
+
+    Sets ``file_bytes`` of both measurements.
+    """
+    meta = {"baseline": baseline.to_dict(), "pruned": pruned.to_dict()}
     ckpt = save_checkpoint(run.root / "model.pt", model, spec, meta=meta, pruned=True)
-    pruned["file_bytes"] = file_size(ckpt)
+    pruned.file_bytes = file_size(ckpt)
     export_pt2(model, example_input, run.root / "model.pt2")
     export_onnx(model, example_input, run.root / "model.onnx")
     base_file = save_checkpoint(run.root / "state" / "baseline_model.pt", original, spec)
-    baseline["file_bytes"] = file_size(base_file)
+    baseline.file_bytes = file_size(base_file)
     report = {
         "config": config_to_dict(cfg),
         "model": spec.to_dict() if spec is not None else None,
-        "baseline": baseline,
-        "pruned": pruned,
+        "baseline": baseline.to_dict(),
+        "pruned": pruned.to_dict(),
         "units": records,
     }
     run.write_json("report.json", report)

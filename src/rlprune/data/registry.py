@@ -218,6 +218,24 @@ def _check_labels(name: str, part: str, y: np.ndarray, num_classes: int) -> None
         raise DataError(f"{name} {part} labels must be in 0..{num_classes - 1}")
 
 
+def _cap_train(name: str, idx: np.ndarray, shape: tuple[int, ...], max_mb: float) -> np.ndarray:
+    """The first training indices whose float32 images fit in ``max_mb`` MiB."""
+    if max_mb <= 0:
+        raise DataError(f"the data memory cap must be > 0 MiB, got {max_mb}")
+    per_image = 4 * int(np.prod(shape[1:]))
+    fit = int(max_mb * 2**20 // per_image)
+    if fit < len(idx):
+        logger.info(
+            "%s: %d training images (%.0f MiB) exceed the %.0f MiB cap: using %d",
+            name,
+            len(idx),
+            len(idx) * per_image / 2**20,
+            max_mb,
+            fit,
+        )
+    return idx[:fit]
+
+
 def load_dataset(
     name: str,
     *,
@@ -268,20 +286,7 @@ def load_dataset(
     if max_train is not None:
         train_idx = train_idx[:max_train]
     if max_mb is not None:
-        if max_mb <= 0:
-            raise DataError(f"the data memory cap must be > 0 MiB, got {max_mb}")
-        per_image = 4 * int(np.prod(raw.x_train.shape[1:]))
-        fit = int(max_mb * 2**20 // per_image)
-        if fit < len(train_idx):
-            logger.info(
-                "%s: %d training images (%.0f MiB) exceed the %.0f MiB cap: using %d",
-                name,
-                len(train_idx),
-                len(train_idx) * per_image / 2**20,
-                max_mb,
-                fit,
-            )
-            train_idx = train_idx[:fit]
+        train_idx = _cap_train(name, train_idx, raw.x_train.shape, max_mb)
     sizes = {"train": len(train_idx), "val": len(val_idx), "test": raw.x_test.shape[0]}
     small = {k: v for k, v in sizes.items() if v < 2}
     if small:

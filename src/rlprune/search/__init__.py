@@ -1,0 +1,146 @@
+"""The search: prune a trained CNN with the RL agent, then fine-tune and measure it.
+
+:func:`prune` sets up what every strategy shares (:class:`~rlprune.search.session.Session`),
+runs the strategy ``PruneConfig.strategy`` names, then does the final fine-tune, measures the
+result and writes the run folder's outputs. Strategies live beside it: ``layerwise`` (Huang et
+al. 2018, :mod:`rlprune.search.layerwise`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rlprune.config import PruneConfig, SearchStrategy
+from rlprune.data import Split
+from rlprune.distributed import DistContext
+from rlprune.env import PruningEnv
+from rlprune.models import ModelSpec, set_layout
+from rlprune.outputs import Measurement, measure_model, write_outputs
+from rlprune.pruning import find_units
+from rlprune.search.layerwise import layerwise
+from rlprune.search.records import Decision, UnitProgress, UnitRecord
+from rlprune.search.runtime import SearchRuntime, derive_seed
+from rlprune.search.session import FINAL_STREAM, Session, Strategy
+from rlprune.train import evaluate
+
+__all__ = [
+    "STRATEGIES",
+    "Decision",
+    "PruneResult",
+    "Session",
+    "Strategy",
+    "UnitProgress",
+    "UnitRecord",
+    "prune",
+]
+
+STRATEGIES: dict[SearchStrategy, Strategy] = {"layerwise": layerwise}
+"""Search strategies by ``PruneConfig.strategy``: each prunes ``session.model`` in place."""
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune` returns."""
+
+    model: nn.Module
+    baseline: Measurement
+    pruned: Measurement
+    units: list[UnitRecord]
+    out_dir: Path | None = None
+
+
+def prune(
+    model: nn.Module,
+    train: Split,
+    val: Split,
+    config: PruneConfig | None = None,
+    *,
+    test: Split | None = None,
+    out_dir: str | Path,
+    spec: ModelSpec | None = None,
+    hflip: bool = False,
+    resume: bool = False,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    dist_ctx: DistContext | None = None,
+) -> PruneResult:
+    """Prune ``model`` with the RL agent.
+
+    Args:
+        model: a trained CNN (not modified; a pruned copy is returned).
+        train: fine-tuning data. val: reward set and model selection. test: final numbers only.
+        config: search settings (defaults: layer-wise, accuracy-bounded, 1 pp).
+        out_dir: run folder (config, metrics, state, report, pruned model files).
+        spec: the zoo spec, if any, stored in the pruned-model file.
+        hflip: whether fine-tuning may flip images horizontally.
+        resume: continue a killed run in ``out_dir`` (same seed -> same masks).
+        device: where fine-tuning runs (rollouts run there too).
+        progress: tqdm bars.
+        dist_ctx: torchrun job context (rollouts sharded, DDP fine-tuning, rank 0 writes).
+
+    Returns:
+        :class:`PruneResult` with the pruned model (NHWC when ``config.channels_last``, the
+        default; ``rlprune.models.set_layout(model, False)`` turns it back) and the
+        before/after measurements (taken in that layout).
+    """
+    cfg = config or PruneConfig()
+    dist = dist_ctx or DistContext()
+    find_units(model, val.images[:1].to(next(model.parameters()).device), cfg.exclude)  # fail early
+    runtime = SearchRuntime.open(out_dir, cfg, resume, dist, device, train, hflip, progress)
+    cfg = runtime.cfg
+    original = copy.deepcopy(model).to(device).eval()
+    session = open_session(original, train, val, test, runtime)
+    records = STRATEGIES[cfg.strategy](session)
+    steps = round(cfg.final_finetune_epochs * math.ceil(len(train) / cfg.batch_size))
+    runtime.final_tune(session.model, derive_seed(cfg.seed, FINAL_STREAM), steps)
+    pruned = measure_model(
+        session.model, val, test, session.example, cfg.latency_runs, device, dist.is_main
+    )
+    if dist.is_main:
+        unit_rows = [r.to_dict() for r in records]
+        write_outputs(
+            runtime.run, session.model, original, spec, session.example,
+            session.baseline, pruned, unit_rows, cfg,
+        )  # fmt: skip
+    dist.barrier()
+    return PruneResult(session.model, session.baseline, pruned, records, runtime.run.root)
+
+
+def open_session(
+    original: nn.Module, train: Split, val: Split, test: Split | None, runtime: SearchRuntime
+) -> Session:
+    """The live model (a copy of ``original`` in the configured layout), its baseline
+    measurements and the environment over the reward and calibration sets."""
+    cfg, device = runtime.cfg, runtime.device
+    model = set_layout(copy.deepcopy(original), cfg.channels_last)
+    example = val.images[:1].to(device)
+    reward_set = val.subset(min(cfg.rollout.reward_set, len(val)), seed=cfg.seed)
+    calib = train.subset(min(cfg.rollout.calib_set, len(train)), seed=cfg.seed + 1)
+
+    def measure() -> Measurement:
+        # Only rank 0 writes reports: the other ranks skip the latency runs.
+        m = measure_model(
+            model, val, test, example, cfg.latency_runs, device, latency=runtime.dist.is_main
+        )
+        m.reward_set_acc = evaluate(model, reward_set, device=device)
+        return m
+
+    baseline = runtime.baseline(measure)
+    assert baseline.reward_set_acc is not None
+    env = PruningEnv(
+        model,
+        (reward_set.images.to(device), reward_set.labels.to(device)),
+        (calib.images.to(device), calib.labels.to(device)),
+        example,
+        cfg,
+        baseline.reward_set_acc,
+        baseline.macs,
+        runtime.dist,
+    )
+    return Session(model, env, runtime, cfg, baseline, val, example)
