@@ -1,4 +1,4 @@
-"""Heuristic filter pruners for the equal-cost comparison with the RL agent (issue 6).
+"""Heuristic filter pruners for the equal-cost comparison with the RL agent.
 
 Every method prunes the units of :func:`~rlprune.pruning.find_units` physically with
 :func:`~rlprune.pruning.remove_channels` (the classifier is never a unit, so it is never cut),
@@ -40,8 +40,6 @@ import math
 from collections.abc import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
-import torch_pruning as tp
 from torch import nn
 
 from rlprune.config import PruneConfig
@@ -49,10 +47,12 @@ from rlprune.errors import ConfigError, PruningError
 from rlprune.pruning import (
     Unit,
     UnitMacs,
-    build_graph,
+    bn_scale,
     count_macs_params,
     filter_l1,
     find_units,
+    group_magnitude,
+    group_taylor,
     remove_channels,
     resolve_min_keep,
 )
@@ -80,42 +80,20 @@ def _unit_scores(
     calib: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> dict[str, torch.Tensor]:
     """Per-channel importance ``[channels]`` of every unit (higher = more important)."""
-    mods = dict(model.named_modules())
     if method == "bn-scale":
         out: dict[str, torch.Tensor] = {}
         for u in units:
-            bns = [
-                mods[n] for n in u.producers if isinstance(mods[n], nn.modules.batchnorm._BatchNorm)
-            ]
-            gammas = [bn.weight.detach().abs().cpu() for bn in bns if bn.weight is not None]
-            if not gammas:
+            score = bn_scale(model, u)
+            if score is None:
                 log.warning("bn-scale: unit %s has no BN scale; left whole", u.name)
-                out[u.name] = torch.full((u.channels,), math.inf)
-            else:
-                out[u.name] = torch.stack(gammas).mean(0).float()
-        return out
-    if method == "taylor" and calib is None:
-        raise ConfigError("method 'taylor' needs a calibration batch: pass calib=(x, y)")
-    graph = build_graph(model, example_input)  # tracing clears .grad: build it first
-    imp: tp.importance.Importance = tp.importance.MagnitudeImportance(p=2)
-    if method == "taylor" and calib is not None:
-        imp = tp.importance.TaylorImportance()
-        dev = next(model.parameters()).device
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(calib[0].to(dev)), calib[1].to(dev)).backward()
-    out = {}
-    try:
-        for u in units:
-            group = graph.get_pruning_group(
-                mods[u.name], tp.prune_conv_out_channels, idxs=list(range(u.channels))
-            )
-            score = imp(group)
-            if score is None:  # a group with no parameterised layer (not in the zoo)
                 score = torch.full((u.channels,), math.inf)
-            out[u.name] = torch.nan_to_num(score.detach().float().cpu(), nan=0.0)
-    finally:
-        model.zero_grad(set_to_none=True)
-    return out
+            out[u.name] = score
+        return out
+    if method == "taylor":
+        if calib is None:
+            raise ConfigError("method 'taylor' needs a calibration batch: pass calib=(x, y)")
+        return group_taylor(model, units, example_input, calib)
+    return group_magnitude(model, units, example_input)
 
 
 def _lowest_l1(model: nn.Module, unit: Unit, keep: int) -> torch.Tensor:

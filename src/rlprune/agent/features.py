@@ -1,10 +1,10 @@
-"""Per-filter state of a unit: what the policy sees (issue 4, item 1).
+"""Per-filter state of a unit: what the policy sees.
 
 ``features`` state, one row per channel of the unit, each column z-scored within the unit:
 
-    0 L1 norm of the filter (summed over the unit's producer convs)
+    0 L1 norm of the filter (summed over the unit's producer convs; Li et al. 2017)
     1 L2 norm of the filter
-    2 |BN gamma| (mean over the unit's BNs; 0 if none)
+    2 |BN gamma| (mean over the unit's BNs; 0 if none; Liu et al. 2017, Network Slimming)
     3 mean activation after ReLU at the unit's outputs (calibration batch)
     4 APoZ: fraction of non-positive outputs (Hu et al. 2016)
     5 first-order Taylor importance |mean(a * dL/da)| (Molchanov et al. 2017)
@@ -19,10 +19,9 @@ by their standard deviation; its width depends on the layer, so it needs a per-u
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from rlprune.pruning import Unit
+from rlprune.pruning import Unit, activation_statistics, bn_gamma, filter_l1, filter_l2
 
 __all__ = ["FEATURE_DIM", "IMPORTANCE_PRIOR", "feature_state", "unit_statistics", "weight_state"]
 
@@ -43,52 +42,22 @@ def _zscore(x: torch.Tensor) -> torch.Tensor:
 def unit_statistics(model: nn.Module, unit: Unit, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Raw per-filter statistics ``[C, 6]`` (columns as in the module docstring).
 
-    One forward + backward over the calibration batch ``x [B, C_in, H, W]``, ``y [B]``; the
-    model's weights and mode are left unchanged (gradients are cleared).
+    The scores come from :mod:`rlprune.pruning.importance`; the activation columns from one
+    forward + backward over the calibration batch ``x [B, C_in, H, W]``, ``y [B]``. The model's
+    weights and mode are left unchanged (gradients are cleared).
     """
-    mods = dict(model.named_modules())
-    c = unit.channels
-    convs = [mods[n] for n in unit.producers if isinstance(mods[n], nn.Conv2d)]
-    bns = [mods[n] for n in unit.producers if isinstance(mods[n], nn.BatchNorm2d)]
-    l1 = torch.zeros(c)
-    l2 = torch.zeros(c)
-    for conv in convs:
-        w = conv.weight.detach().flatten(1).cpu()
-        l1 += w.abs().sum(1)
-        l2 += w.pow(2).sum(1)
-    gamma = torch.zeros(c)
-    for bn in bns:
-        gamma += bn.weight.detach().abs().cpu() / len(bns)
-    # Activation statistics at the unit's outputs: its BNs if it has any, else its convs.
-    taps = bns if bns else convs
-    outs: list[torch.Tensor] = []
-
-    def keep(_m: nn.Module, _i: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        out.retain_grad()
-        outs.append(out)
-
-    handles = [m.register_forward_hook(keep) for m in taps]
-    was_training = model.training
-    model.eval()
-    try:
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    act = torch.zeros(c)
-    apoz = torch.zeros(c)
-    taylor = torch.zeros(c)
-    for out in outs:
-        o = out.detach().cpu()
-        dims = [d for d in range(o.dim()) if d != 1]
-        act += o.clamp_min(0).mean(dim=dims) / len(outs)
-        apoz += (o <= 0).float().mean(dim=dims) / len(outs)
-        if out.grad is not None:
-            taylor += (o * out.grad.cpu()).mean(dim=dims).abs()
-    model.zero_grad(set_to_none=True)
-    return torch.stack([l1, l2.sqrt(), gamma, act, apoz, taylor], dim=1)
+    acts = activation_statistics(model, unit, x, y)
+    return torch.stack(
+        [
+            filter_l1(model, unit, reduce_on_cpu=True),
+            filter_l2(model, unit, reduce_on_cpu=True),
+            bn_gamma(model, unit),
+            acts.mean_act,
+            acts.apoz,
+            acts.taylor,
+        ],
+        dim=1,
+    )
 
 
 def feature_state(

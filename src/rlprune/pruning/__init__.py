@@ -1,8 +1,18 @@
-"""Surgery: what is coupled, how to mask it, how to cut it, how to measure it.
+"""Surgery: what is coupled, how important each filter is, how to mask it, cut it, measure it.
 
 This package never imports the agent (:mod:`rlprune.agent`); :mod:`rlprune.env` connects them.
 """
 
+from rlprune.pruning.importance import (
+    ActivationStats,
+    activation_statistics,
+    bn_gamma,
+    bn_scale,
+    filter_l1,
+    filter_l2,
+    group_magnitude,
+    group_taylor,
+)
 from rlprune.pruning.masking import UnitMask
 from rlprune.pruning.metrics import (
     LatencyStats,
@@ -12,21 +22,28 @@ from rlprune.pruning.metrics import (
     file_size,
     measure_latency,
 )
-from rlprune.pruning.surgery import filter_l1, remove_channels
+from rlprune.pruning.surgery import remove_channels
 from rlprune.pruning.units import Unit, build_graph, classifier_names, find_units, resolve_min_keep
 
 __all__ = [
+    "ActivationStats",
     "LatencyStats",
     "MacModel",
     "Unit",
     "UnitMacs",
     "UnitMask",
+    "activation_statistics",
+    "bn_gamma",
+    "bn_scale",
     "build_graph",
     "classifier_names",
     "count_macs_params",
     "file_size",
     "filter_l1",
+    "filter_l2",
     "find_units",
+    "group_magnitude",
+    "group_taylor",
     "measure_latency",
     "remove_channels",
     "resolve_min_keep",

@@ -10,22 +10,12 @@ from torch import nn
 
 from rlprune.errors import PruningError
 from rlprune.models import is_channels_last, set_layout
+from rlprune.pruning.importance import filter_l1
 from rlprune.pruning.units import Unit, build_graph, resolve_min_keep
 
-__all__ = ["filter_l1", "remove_channels"]
+__all__ = ["remove_channels"]
 
 log = logging.getLogger(__name__)
-
-
-def filter_l1(model: nn.Module, unit: Unit) -> torch.Tensor:
-    """L1 norm per channel summed over the unit's producer convs. Returns ``[channels]``."""
-    mods = dict(model.named_modules())
-    total = torch.zeros(unit.channels)
-    for n in unit.producers:
-        m = mods[n]
-        if isinstance(m, nn.Conv2d):
-            total += m.weight.detach().abs().flatten(1).sum(1).cpu()
-    return total
 
 
 def remove_channels(
@@ -38,7 +28,7 @@ def remove_channels(
     """Cut the channels of ``unit`` where ``keep_mask`` is 0, in place, via torch-pruning.
 
     The model keeps its memory layout: torch-pruning's ``index_select`` hands back NCHW
-    tensors, so an NHWC model is put back in NHWC (issue 5: NHWC is the fast CPU path).
+    tensors, so an NHWC model is put back in NHWC (NHWC is the fast CPU path).
 
     Guard: if the mask keeps fewer than ``min_keep`` channels (a count if >= 1, else a fraction),
     the channels with the largest filter L1 norm among the pruned ones are kept back, so a layer
