@@ -13,6 +13,7 @@ from torch import nn
 
 from rlprune.checkpoint import atomic_write
 from rlprune.errors import CheckpointError
+from rlprune.quiet import quiet_third_party
 
 __all__ = ["export_onnx", "export_pt2", "load_pt2"]
 
@@ -29,13 +30,15 @@ def export_pt2(model: nn.Module, example_input: torch.Tensor, path: str | Path) 
     x = example_input[:1].expand(2, *example_input.shape[1:]).contiguous()
     batch = torch.export.Dim("batch", min=1, max=65536)
     try:
-        program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+        with quiet_third_party():
+            program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
     except Exception as e:  # torch.export raises many error types
         log.warning(
             "torch.export cannot capture this model (%s); no .pt2 written", type(e).__name__
         )
         return None
-    return atomic_write(path, lambda f: torch.export.save(program, f))
+    with quiet_third_party():  # NHWC weights: "No complete tensor found" (harmless on the CPU)
+        return atomic_write(path, lambda f: torch.export.save(program, f))
 
 
 def _check_no_pickle(path: Path) -> None:
@@ -82,9 +85,10 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path)
     try:
         x = example_input[:1].expand(2, *example_input.shape[1:]).contiguous()
         batch = torch.export.Dim("batch", min=1, max=65536)
-        program = torch.onnx.export(
-            model, (x,), dynamo=True, dynamic_shapes=({0: batch},), verbose=False
-        )
+        with quiet_third_party():  # "torchvision is not installed", pytree deprecations
+            program = torch.onnx.export(
+                model, (x,), dynamo=True, dynamic_shapes=({0: batch},), verbose=False
+            )
         assert program is not None
         atomic_write(path, lambda f: f.write(program.model_proto.SerializeToString()))
     except Exception as e:  # the exporter's optional dependencies vary by torch version
