@@ -1,4 +1,4 @@
-"""Training, fine-tuning and evaluation loops (plain PyTorch, tqdm progress, no globals)."""
+"""Training, fine-tuning and evaluation loops (plain PyTorch, terminal-only bars, no globals)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from rlprune.config import TrainConfig
 from rlprune.data import DatasetSplits, Split, batches
 from rlprune.errors import RlpruneError
 from rlprune.models import set_layout
+from rlprune.progress import bar as progress_bar
 
 __all__ = ["evaluate", "fine_tune", "train"]
 
@@ -75,7 +75,7 @@ def train(
         data: splits; only ``train`` and ``val`` are used.
         cfg: hyper-parameters (fractional epochs allowed).
         device: where to train.
-        progress: show a tqdm bar.
+        progress: show a progress bar (on a terminal only; every epoch is logged anyway).
         on_epoch: ``callback(epoch, train_loss, val_acc)`` after every epoch (checkpointing).
 
     Returns:
@@ -91,7 +91,7 @@ def train(
     history: list[dict[str, float]] = []
     best = (-1.0, copy.deepcopy(model.state_dict()))
     running = 0.0
-    bar = tqdm(range(total), desc="train", disable=not progress, leave=False)
+    bar = progress_bar(range(total), desc="train", enabled=progress)
     for step in bar:
         x, y = next(stream)
         with _autocast(device):
@@ -138,7 +138,8 @@ def fine_tune(
     """Fine-tune for a fixed number of SGD steps with a cosine LR decay.
 
     A non-finite loss rolls the model back to the state at the start, halves the learning rate
-    and starts again (at most ``max_retries`` times); the event is logged (issue 7).
+    and starts again (at most ``max_retries`` times), so one unlucky batch after a deep cut
+    does not end a long search; the event is logged.
 
     Returns:
         ``{"loss": smoothed final loss, "lr": learning rate used, "retries": n}``.
@@ -153,7 +154,7 @@ def fine_tune(
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
         stream = _endless(split, batch_size, gen, True, hflip)
         running, diverged = float("nan"), False
-        for step in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+        for step in progress_bar(range(steps), desc=desc, enabled=progress):
             x, y = next(stream)
             with _autocast(device):
                 logits = model(x.to(device))
@@ -168,6 +169,10 @@ def fine_tune(
             running = loss.item() if step == 0 else 0.95 * running + 0.05 * loss.item()
         if not diverged:
             model.eval()
+            # One line for the whole fine-tune: the bar shows only on a terminal and is erased
+            # when done. DEBUG when no progress was asked for (--quiet, ranks other than 0).
+            level = logging.INFO if progress else logging.DEBUG
+            log.log(level, "%s: %d steps, loss %.4f", desc, steps, running)
             return {"loss": running, "lr": lr, "retries": float(attempt)}
         log.warning("non-finite loss while fine-tuning: rolled back, lr %.3g -> %.3g", lr, lr / 2)
         model.load_state_dict(start)
