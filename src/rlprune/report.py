@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+from rlprune.checkpoint import atomic_write
+from rlprune.errors import RlpruneError
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from rlprune.checkpoint import atomic_write  # noqa: E402
-from rlprune.errors import RlpruneError  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["before_after_table", "write_report"]
 
@@ -61,12 +60,27 @@ def before_after_table(base: dict[str, Any], pruned: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _new_axes() -> tuple[Figure, Axes]:
+    # The object-oriented API draws without pyplot's global state or a GUI backend, so a
+    # library import never picks a backend for the caller; matplotlib loads only when plotting.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    return fig, fig.add_subplot()
+
+
+def _save(fig: Figure, root: Path, name: str, files: list[str]) -> None:
+    fig.tight_layout()
+    fig.savefig(root / name, dpi=110)
+    files.append(name)
+
+
 def _plots(root: Path, units: list[dict[str, Any]], base: dict[str, Any]) -> list[str]:
     names = [u["unit"] for u in units]
     idx = list(range(len(units)))
-    files = []
+    files: list[str] = []
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _new_axes()
     for u in units:
         ax.plot(u["reward_curve"], label=u["unit"], marker=".")
     ax.set_xlabel("policy update")
@@ -75,35 +89,26 @@ def _plots(root: Path, units: list[dict[str, Any]], base: dict[str, Any]) -> lis
     ax.set_title("Reward per update, per unit")
     if len(units) <= 12:
         ax.legend(fontsize=6)
-    files.append("reward_curves.png")
-    fig.tight_layout()
-    fig.savefig(root / files[-1], dpi=110)
-    plt.close(fig)
+    _save(fig, root, "reward_curves.png", files)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _new_axes()
     ax.bar([i - 0.2 for i in idx], [u["channels_before"] for u in units], 0.4, label="before")
     ax.bar([i + 0.2 for i in idx], [u["channels_after"] for u in units], 0.4, label="after")
     ax.set_xticks(idx, names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("filters")
     ax.set_title("Filters per unit")
     ax.legend()
-    files.append("filters.png")
-    fig.tight_layout()
-    fig.savefig(root / files[-1], dpi=110)
-    plt.close(fig)
+    _save(fig, root, "filters.png", files)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _new_axes()
     ax.bar(idx, [u["channels_after"] / u["channels_before"] for u in units])
     ax.set_xticks(idx, names, rotation=60, ha="right", fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("keep ratio")
     ax.set_title("Keep ratio per unit")
-    files.append("keep_ratio.png")
-    fig.tight_layout()
-    fig.savefig(root / files[-1], dpi=110)
-    plt.close(fig)
+    _save(fig, root, "keep_ratio.png", files)
 
-    fig, ax1 = plt.subplots(figsize=(7, 4))
+    fig, ax1 = _new_axes()
     steps = [0, *[i + 1 for i in idx]]
     ax1.plot(steps, [base["val_acc"], *[u["val_acc"] for u in units]], "o-", color="C0")
     ax1.set_ylabel("val accuracy (%) after fine-tune", color="C0")
@@ -112,10 +117,7 @@ def _plots(root: Path, units: list[dict[str, Any]], base: dict[str, Any]) -> lis
     ax2.plot(steps, [1.0, *[u["macs"] / base["macs"] for u in units]], "s--", color="C1")
     ax2.set_ylabel("MACs / baseline", color="C1")
     ax1.set_title("Accuracy and MACs along the walk")
-    files.append("walk.png")
-    fig.tight_layout()
-    fig.savefig(root / files[-1], dpi=110)
-    plt.close(fig)
+    _save(fig, root, "walk.png", files)
     return files
 
 
