@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rlprune.agent import Agent, advantages, bernoulli_entropy, reinforce_loss, sample_masks
+from rlprune.agent.reinforce import ReinforceTerms
 from rlprune.config import AgentConfig
 
 
@@ -28,7 +29,7 @@ def test_reinforce_loss_and_gradient_by_hand() -> None:
     actions = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])
     adv = advantages(torch.tensor([1.0, 0.0]))  # -> [1, -1]
     beta = 0.1
-    loss = reinforce_loss(logits, actions, adv, entropy_coef=beta)
+    loss = reinforce_loss(logits, actions, adv).total(beta)
     # log pi(a1) = ln .5 + ln .75 + ln .75 ; log pi(a2) = ln .5 + ln .75 + ln .25
     lp1 = math.log(0.5) + 2 * math.log(0.75)
     lp2 = math.log(0.5) + math.log(0.75) + math.log(0.25)
@@ -42,6 +43,38 @@ def test_reinforce_loss_and_gradient_by_hand() -> None:
     assert torch.allclose(
         logits.grad, torch.tensor([a + b for a, b in zip(pg, ent, strict=True)]), atol=1e-6
     )
+
+
+def test_reinforce_terms_are_the_pure_pg_term_and_the_mean_entropy() -> None:
+    # p = [0.5, 0.75]; masks [1, 0] and [1, 1]; advantages [1, -1]
+    logits = torch.tensor([0.0, math.log(3)])
+    actions = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    adv = torch.tensor([1.0, -1.0])
+    terms = reinforce_loss(logits, actions, adv)
+    assert isinstance(terms, ReinforceTerms)
+    lp1, lp2 = math.log(0.5) + math.log(0.25), math.log(0.5) + math.log(0.75)
+    assert terms.pg.item() == pytest.approx(-(1 * lp1 - 1 * lp2) / 2, abs=1e-6)  # = ln 3 / 2
+    h75 = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert terms.entropy.item() == pytest.approx((math.log(2) + h75) / 2, abs=1e-6)
+    assert terms.total(0.5).item() == pytest.approx(terms.pg.item() - 0.5 * terms.entropy.item())
+
+
+def test_agent_logs_the_pure_pg_term() -> None:
+    """``PolicyStats.pg_loss`` is ``-(adv * log pi).mean()`` of the update, no entropy bonus."""
+    torch.manual_seed(0)
+    state = torch.randn(3, 4)
+    masks = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    rewards = torch.tensor([2.0, -1.0, 0.5])
+    agent = Agent(4, AgentConfig(samples=3, entropy_coef=0.5), seed=0)
+    with torch.no_grad():
+        p = torch.sigmoid(agent.policy(state)).double()
+    logp = (masks * p.log() + (1 - masks) * (1 - p).log()).sum(dim=1)
+    adv = advantages(rewards)  # batch-mean baseline, normalised (the config's defaults)
+    stats = agent.update(state, masks, rewards)
+    assert stats.pg_loss == pytest.approx(float(-(adv.double() * logp).mean()), abs=1e-5)
+    with torch.no_grad():
+        after = bernoulli_entropy(agent.policy(state)).mean()
+    assert stats.entropy == pytest.approx(float(after), abs=1e-6)
 
 
 def test_sample_masks_reproducible_and_follow_probs() -> None:

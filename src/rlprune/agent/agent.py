@@ -83,15 +83,15 @@ class Agent:
         else:
             adv = advantages(rewards, None, cfg.normalize_advantage)
         logits = self.policy(state)
-        loss = reinforce_loss(logits, masks, adv, cfg.entropy_coef)
+        terms = reinforce_loss(logits, masks, adv)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        terms.total(cfg.entropy_coef).backward()
         torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
         self.opt.step()
         with torch.no_grad():
             logits = self.policy(state)
             return PolicyStats(
-                pg_loss=float(loss),
+                pg_loss=float(terms.pg),
                 entropy=float(bernoulli_entropy(logits).mean()),
                 mean_keep=float(torch.sigmoid(logits).mean()),
                 reward_mean=float(rewards.mean()),

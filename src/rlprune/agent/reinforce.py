@@ -13,16 +13,31 @@ so ``d loss / d logit_i = -1/K sum_k A_k (a_ki - p_i) + beta/N * logit_i p_i (1 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PolicyStats", "bernoulli_entropy", "advantages", "reinforce_loss", "sample_masks"]
+__all__ = [
+    "PolicyStats",
+    "ReinforceTerms",
+    "advantages",
+    "bernoulli_entropy",
+    "reinforce_loss",
+    "sample_masks",
+]
 
 
 @dataclass(frozen=True)
 class PolicyStats:
-    """Diagnostics of one update (logged to metrics.jsonl)."""
+    """Diagnostics of one update (logged to metrics.jsonl).
+
+    The loss's two terms are logged apart, as CleanRL does, so that the entropy bonus cannot
+    hide what the policy-gradient term does: ``pg_loss`` is the pure REINFORCE term
+    ``-1/K sum_k A_k log pi(a_k)`` of the update, ``entropy`` the mean per-filter entropy in
+    nats and ``mean_keep`` the mean keep probability, both of the policy after the step (the
+    early stop reads that entropy).
+    """
 
     pg_loss: float
     entropy: float
@@ -48,28 +63,34 @@ def advantages(
     return adv.float()
 
 
+class ReinforceTerms(NamedTuple):
+    """The two terms of the loss above, both scalars with grad."""
+
+    pg: torch.Tensor
+    """``-1/K sum_k A_k log pi(a_k)``: the policy-gradient term."""
+    entropy: torch.Tensor
+    """``mean_i H(p_i)``: the mean per-filter entropy in nats."""
+
+    def total(self, entropy_coef: float) -> torch.Tensor:
+        """The loss to minimise, ``pg - beta * entropy``."""
+        return self.pg - entropy_coef * self.entropy
+
+
 def reinforce_loss(
-    logits: torch.Tensor,
-    actions: torch.Tensor,
-    adv: torch.Tensor,
-    entropy_coef: float = 0.0,
-) -> torch.Tensor:
-    """The REINFORCE loss above.
+    logits: torch.Tensor, actions: torch.Tensor, adv: torch.Tensor
+) -> ReinforceTerms:
+    """The REINFORCE loss above, as its two terms (``.total(beta)`` is the loss).
 
     Args:
         logits: ``[N]`` keep logits (with grad).
         actions: ``[K, N]`` sampled 0/1 masks.
         adv: ``[K]`` advantages (no grad).
-        entropy_coef: ``beta``.
-
-    Returns:
-        Scalar loss.
     """
     a = actions.float()
     # log pi(a) = a*log(p) + (1-a)*log(1-p) = -BCE(logits, a), summed over filters.
     logp = -F.binary_cross_entropy_with_logits(logits.expand_as(a), a, reduction="none").sum(dim=1)
     pg = -(adv.detach() * logp).mean()
-    return pg - entropy_coef * bernoulli_entropy(logits).mean()
+    return ReinforceTerms(pg, bernoulli_entropy(logits).mean())
 
 
 def sample_masks(probs: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
