@@ -1,4 +1,4 @@
-"""kill -9 a real `rlprune prune` subprocess; `--resume` ends with the same masks (issue 4).
+"""kill -9 a real `rlprune prune` subprocess; `--resume` ends with the same masks.
 
 More kill points (fine-tuning, artefact writing, torn state, SIGINT) are in
 tests/test_faults_crash.py; this module covers the two the search loop is built around.

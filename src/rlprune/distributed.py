@@ -1,6 +1,6 @@
 """Scale-out on PyTorch's own engine: ``torchrun --nproc_per_node=N -m rlprune prune ...``.
 
-What runs where (issue 8):
+What runs where (every rank must make the identical policy update, so nothing drifts):
 
 * Every rank holds the same model, the same policy and the same seeded generators, so every
   rank samples the SAME K masks. Rank r scores masks ``r, r + N, r + 2N, ...``; a SUM

@@ -1,4 +1,7 @@
-"""Where the mask stops mattering: the torch.fx frontier between prefix and suffix (issue 5).
+"""Where the mask stops mattering: the torch.fx frontier between prefix and suffix.
+
+A rollout only has to recompute what its mask changes; everything before the frontier is
+run once per unit and cached.
 
 Each node of the traced model is classified as
 

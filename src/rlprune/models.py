@@ -272,10 +272,10 @@ def build_model(
 def set_layout(model: nn.Module, channels_last: bool) -> nn.Module:
     """Put every 4-D parameter and buffer of ``model`` in NHWC (or back in NCHW), in place.
 
-    With NHWC weights, convolutions write NHWC activations and oneDNN takes its fast CPU
-    kernels (measured on the 2-core dev machine by bench/layout.py: max-pool 8-21x, 3x3 convs
-    1.2-3x, an SGD step 1.3x faster). Values are unchanged; results agree with NCHW to
-    float rounding. :func:`rlprune.pruning.remove_channels` and
+    With NHWC weights, convolutions write NHWC activations and oneDNN takes its faster CPU
+    kernels for pooling and convolutions (measured by bench/layout.py; the figures, and the
+    machine they hold for, are in docs/BENCHMARKS.md). Values are unchanged; results agree
+    with NCHW to float rounding. :func:`rlprune.pruning.remove_channels` and
     :func:`rlprune.checkpoint.apply_shapes` keep whichever layout the model has.
     """
     fmt = torch.channels_last if channels_last else torch.contiguous_format

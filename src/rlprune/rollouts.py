@@ -1,4 +1,4 @@
-"""Scoring rollouts: the accuracy of the model with a unit masked (issue 5).
+"""Scoring rollouts: the accuracy of the model with a unit masked (the search's hot loop).
 
 Three scorers give the same accuracies for the same mask:
 

@@ -1,4 +1,4 @@
-"""The run folder: config, metrics log and crash-safe search state (issue 4 item 8, issue 7).
+"""The run folder: config, metrics log and crash-safe search state (a killed run resumes).
 
 Layout::
 
