@@ -80,5 +80,9 @@ def test_ddp_fine_tuning_runs_on_two_processes(ckpt: Path, tmp_path: Path) -> No
     rep = _run(
         ckpt, tmp_path / "ddp", 2, "--set", "finetune_steps=3", "--set", "final_finetune_epochs=0.1"
     )
-    assert rep["pruned"]["macs"] <= rep["baseline"]["macs"]
+    # Something must really be cut (``<=`` would hold with nothing pruned), and the model
+    # written is the one at the end of the walk.
+    assert any(u["channels_after"] < u["channels_before"] for u in rep["units"])
+    assert rep["pruned"]["macs"] < rep["baseline"]["macs"]
+    assert rep["pruned"]["macs"] == rep["units"][-1]["macs"]
     assert rep["pruned"]["test_acc"] > 50.0

@@ -283,12 +283,10 @@ def _api_prune(model: nn.Module, out: Path):
     [
         (LinearOnly, "no prunable conv"),
         (ConvClassifierOnly, "no prunable conv"),
-        (NoAutograd, None),
+        (NoAutograd, "did not see the model's convs"),
     ],
 )
-def test_model_without_prunable_conv(
-    tmp_path: Path, model: type[nn.Module], needle: str | None
-) -> None:
+def test_model_without_prunable_conv(tmp_path: Path, model: type[nn.Module], needle: str) -> None:
     with pytest.raises(PruningError, match=needle):
         _api_prune(model(), tmp_path / "run")
 
@@ -300,7 +298,7 @@ def test_untraceable_model_is_a_pruning_error() -> None:
 
 
 def test_unprunable_model_leaves_no_run_folder(tmp_path: Path) -> None:
-    with pytest.raises(PruningError):
+    with pytest.raises(PruningError, match="no prunable conv"):
         _api_prune(LinearOnly(), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
@@ -311,11 +309,15 @@ def test_untraced_convs_are_reported_as_a_trace_problem(tmp_path: Path) -> None:
 
 
 def test_forward_that_breaks_after_a_cut(tmp_path: Path) -> None:
-    with pytest.raises(PruningError):
+    with pytest.raises(PruningError, match="forward breaks once this unit is pruned"):
         _api_prune(ChannelShuffle(), tmp_path / "run")
 
 
 def test_unexportable_model_still_finishes(tmp_path: Path) -> None:
     res = _api_prune(DataDependentBranch(), tmp_path / "run")
     assert (tmp_path / "run" / "report.json").is_file()
+    assert (tmp_path / "run" / "model.pt").is_file()
+    # torch.export cannot capture the data-dependent branch: no (partial) program is left.
+    assert not (tmp_path / "run" / "model.pt2").exists()
+    assert not list((tmp_path / "run").glob("*.tmp"))
     assert res.units

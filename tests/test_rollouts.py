@@ -33,7 +33,7 @@ def _randomised(name: str) -> torch.nn.Module:
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("name", ["vgg-small", "resnet20", "mobilenetv2-small"])
 def test_fast_path_matches_naive_path_on_every_unit(name: str, channels_last: bool) -> None:
-    """The reference stays NCHW (the naive path of issue 5); the fast path may run NHWC."""
+    """The reference stays NCHW (the naive path, as users hand models over); fast may be NHWC."""
     model = _randomised(name)
     live = set_layout(copy.deepcopy(model), True) if channels_last else model
     g = torch.Generator().manual_seed(1)
@@ -168,9 +168,19 @@ def test_untraceable_model_falls_back(caplog) -> None:
     unit = find_units(model, x[:1])[0]
     scorer = make_scorer(model, unit, x, torch.zeros(8, dtype=torch.long), 4)
     assert isinstance(scorer, MaskedScorer) and "cannot trace" in caplog.text
-    with UnitMask(model, unit):
-        pass
     scorer.close()
+    mods = dict(model.named_modules())
+    assert not any(m._forward_hooks for m in model.modules())  # close() left no hook behind
+    before = model(x)
+    with UnitMask(model, unit) as um:
+        assert all(len(mods[n]._forward_hooks) == 1 for n in unit.producers)
+        assert torch.equal(model(x), before)  # no mask set yet: a no-op
+        um.set(torch.zeros(unit.channels))
+        zeroed = model(x)
+    # Every channel zeroed: the classifier sees zeros, so the logits are its bias.
+    assert torch.allclose(zeroed, model.classifier.bias.expand_as(zeroed))
+    assert not any(m._forward_hooks for m in model.modules())
+    assert torch.equal(model(x), before)
 
 
 def test_stderr_binomial() -> None:
