@@ -1,52 +1,64 @@
 """Command-line interface: ``rlprune {train,eval,inspect,prune,report,compare,demo}``.
 
-The only module that prints. Seeds and devices are chosen here, once, and passed down.
+Developer notes: the only module that prints. Seeds and devices are chosen here, once, and
+passed down. Each ``cmd_*`` turns its arguments into typed configs and calls a typed function
+(``_train``, ``_prune``, :func:`rlprune.compare.compare`), which ``demo`` calls directly.
+Library modules are imported inside the commands so that ``rlprune --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
 
+from rlprune import __version__
 from rlprune.distributed import resolve_device
 from rlprune.errors import DataError, RlpruneError
+
+if TYPE_CHECKING:
+    from rlprune.compare import CompareConfig
+    from rlprune.config import PruneConfig, TrainConfig
 
 __all__ = ["main"]
 
 log = logging.getLogger("rlprune")
 
 
-def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument(
-        "--dataset", required=required, help="fashion-mnist|cifar10|image-folder|digits|synthetic"
-    )
-    p.add_argument("--data-dir", default=None, help="where the dataset files are")
-    p.add_argument("--download", action="store_true", help="download Fashion-MNIST if missing")
-    p.add_argument("--max-train", type=int, default=None, help="use only N training images")
-    p.add_argument(
-        "--data-max-mb", type=float, default=None, help="memory cap of the training tensor (MiB)"
-    )
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """Which data a command loads (the ``--dataset`` family of options)."""
+
+    dataset: str
+    data_dir: str | None = None
+    download: bool = False
+    max_train: int | None = None
+    max_mb: float | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DataSource:
+        return cls(args.dataset, args.data_dir, args.download, args.max_train, args.data_max_mb)
 
 
-def _load_data(args: argparse.Namespace, seed: int = 0) -> Any:
+def _load_data(source: DataSource, seed: int = 0) -> Any:
     from rlprune.data import load_dataset
 
     return load_dataset(
-        args.dataset,
-        data_dir=args.data_dir,
-        download=args.download,
+        source.dataset,
+        data_dir=source.data_dir,
+        download=source.download,
         seed=seed,
-        max_train=args.max_train,
-        max_mb=getattr(args, "data_max_mb", None),
+        max_train=source.max_train,
+        max_mb=source.max_mb,
     )
 
 
@@ -86,24 +98,38 @@ def _metrics_line(name: str, m: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
-    from rlprune.checkpoint import save_checkpoint
     from rlprune.config import TrainConfig, load_config
-    from rlprune.models import ModelSpec
-    from rlprune.pruning import count_macs_params
-    from rlprune.train import evaluate, train
 
     sets = list(args.set or [])
     for key in ("epochs", "lr", "batch_size", "seed"):
         if getattr(args, key) is not None:
             sets.append(f"{key}={_yaml_scalar(getattr(args, key))}")
     cfg = load_config(TrainConfig, args.config, sets)
+    source = DataSource.from_args(args)
+    return _train(args.model, args.width, source, cfg, Path(args.out), args.device, args.quiet)
+
+
+def _train(
+    model_name: str,
+    width: float,
+    source: DataSource,
+    cfg: TrainConfig,
+    out: Path,
+    device_name: str,
+    quiet: bool,
+) -> int:
+    """Train a zoo model and save the best-so-far, then the final checkpoint to ``out``."""
+    from rlprune.checkpoint import save_checkpoint
+    from rlprune.models import ModelSpec
+    from rlprune.pruning import count_macs_params
+    from rlprune.train import evaluate, train
+
     torch.manual_seed(cfg.seed)
-    data = _load_data(args, cfg.seed)
-    spec = ModelSpec(args.model, data.in_channels, data.num_classes, data.input_size, args.width)
+    data = _load_data(source, cfg.seed)
+    spec = ModelSpec(model_name, data.in_channels, data.num_classes, data.input_size, width)
     model = spec.build()
-    out = Path(args.out)
     _check_writable(out)  # fail now, not after training
-    device = resolve_device(args.device)
+    device = resolve_device(device_name)
 
     best = [-1.0]
 
@@ -118,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"epoch {epoch}: train loss {loss:.4f}  val acc {val_acc:.2f}%{mark}", flush=True)
 
     t0 = time.perf_counter()
-    history = train(model, data, cfg, device, progress=not args.quiet, on_epoch=on_epoch)
+    history = train(model, data, cfg, device, progress=not quiet, on_epoch=on_epoch)
     elapsed = time.perf_counter() - t0
     model.cpu()
     test_acc = evaluate(model, data.test)
@@ -144,7 +170,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rlprune.train import evaluate
 
     model, spec, _meta = load_model(args.checkpoint)
-    data = _load_data(args)
+    data = _load_data(DataSource.from_args(args))
     _check_fit(spec, data)
     acc = evaluate(model, data.test)
     macs, params = count_macs_params(model, data.test.images[:1])
@@ -169,7 +195,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prune_config(args: argparse.Namespace) -> Any:
+def _prune_config(args: argparse.Namespace) -> PruneConfig:
     from rlprune.config import PruneConfig, load_config
 
     sets = list(args.set or [])
@@ -190,17 +216,32 @@ def _prune_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    cfg = _prune_config(args)
+    source = DataSource.from_args(args)
+    out = Path(args.out)
+    return _prune(Path(args.checkpoint), source, cfg, out, args.resume, args.device, args.quiet)
+
+
+def _prune(
+    checkpoint: Path,
+    source: DataSource,
+    cfg: PruneConfig,
+    out: Path,
+    resume: bool,
+    device_name: str,
+    quiet: bool,
+) -> int:
+    """The RL search on ``checkpoint``; prints the before/after table (rank 0 under torchrun)."""
     from rlprune.checkpoint import load_model
     from rlprune.distributed import init_distributed
     from rlprune.report import before_after_table
     from rlprune.search import prune
 
-    cfg = _prune_config(args)
     torch.manual_seed(cfg.seed)
     # Under torchrun this joins the job (gloo on CPU, NCCL on CUDA); otherwise a no-op.
-    ctx, device = init_distributed(resolve_device(args.device))
-    model, spec, _ = load_model(args.checkpoint)
-    data = _load_data(args, seed=0)
+    ctx, device = init_distributed(resolve_device(device_name))
+    model, spec, _ = load_model(checkpoint)
+    data = _load_data(source, seed=0)
     _check_fit(spec, data)
     t0 = time.perf_counter()
     result = prune(
@@ -209,20 +250,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
         data.val,
         cfg,
         test=data.test,
-        out_dir=args.out,
+        out_dir=out,
         spec=spec,
         hflip=data.hflip,
-        resume=args.resume,
+        resume=resume,
         device=device,
-        progress=not args.quiet and ctx.is_main,
+        progress=not quiet and ctx.is_main,
         dist_ctx=ctx,
     )
     if ctx.is_main:
-        print(before_after_table(result.baseline, result.pruned))
+        print(before_after_table(result.baseline.to_dict(), result.pruned.to_dict()))
         print(
             f"\nsearch wall time {time.perf_counter() - t0:.0f} s"
             + (f" on {ctx.world_size} processes" if ctx.active else "")
-            + f"; report: {Path(args.out) / 'report.md'}"
+            + f"; report: {out / 'report.md'}"
         )
     return 0
 
@@ -237,131 +278,82 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Baseline vgg-small on Fashion-MNIST (cached), then the accuracy-bounded RL search."""
     from rlprune.checkpoint import CheckpointError, load_checkpoint
+    from rlprune.config import PruneConfig, TrainConfig, load_config
 
     out = Path(args.out)
     base = out / "base" / "model.pt"
+    source = DataSource("fashion-mnist", data_dir=args.data_dir)
     try:
         load_checkpoint(base)
         print(f"using cached baseline {base}")
     except CheckpointError:
         print("training the baseline: vgg-small, 3 epochs on Fashion-MNIST")
-        ns = argparse.Namespace(
-            model="vgg-small",
-            dataset="fashion-mnist",
-            data_dir=args.data_dir,
-            download=False,
-            max_train=None,
-            width=1.0,
-            out=str(base.parent),
-            epochs=3.0,
-            lr=None,
-            batch_size=None,
-            seed=0,
-            config=None,
-            set=[],
-            device=args.device,
-            quiet=args.quiet,
-        )
-        cmd_train(ns)
+        train_cfg = TrainConfig(epochs=3.0, seed=0)
+        _train("vgg-small", 1.0, source, train_cfg, base.parent, args.device, args.quiet)
     prune_dir = out / "prune"
-    ns = argparse.Namespace(
-        checkpoint=str(base),
-        dataset="fashion-mnist",
-        data_dir=args.data_dir,
-        download=False,
-        max_train=None,
-        out=str(prune_dir),
-        max_acc_drop=1.0,
-        target_macs=None,
-        mode=None,
-        config=args.config,
-        set=args.set,
-        seed=0,
-        resume=prune_dir.exists(),
+    sets = [*(args.set or []), "reward.mode=accuracy", "reward.max_acc_drop=1.0", "seed=0"]
+    cfg = load_config(PruneConfig, args.config, sets)
+    return _prune(base, source, cfg, prune_dir, prune_dir.exists(), args.device, args.quiet)
+
+
+def _compare_config(args: argparse.Namespace) -> CompareConfig:
+    from rlprune.compare import METHODS, CompareConfig
+    from rlprune.config import PruneConfig, load_config
+
+    sets = list(args.set or [])
+    if args.seed is not None:
+        sets.append(f"seed={args.seed}")
+    asked = args.methods.split(",") if args.methods is not None else METHODS
+    return CompareConfig(
+        checkpoint=Path(args.checkpoint),
+        dataset=args.dataset,
+        out=Path(args.out),
+        targets=args.targets,
+        seeds=args.seeds,
+        methods=tuple(m.strip() for m in asked if m.strip()),
+        prune=load_config(PruneConfig, args.config, sets),
+        data_dir=None if args.data_dir is None else Path(args.data_dir),
+        download=args.download,
+        max_train=args.max_train,
+        data_max_mb=args.data_max_mb,
         device=args.device,
         quiet=args.quiet,
     )
-    return cmd_prune(ns)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from rlprune.compare import run_compare
+    from rlprune.compare import compare
 
-    print(run_compare(args))
+    result = compare(_compare_config(args))
+    print(result.markdown, end="")
+    if result.cells_reused:
+        print(f"({result.cells_reused} cell(s) reused from {result.out / 'cells'})")
     return 0
 
 
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rlprune", description=__doc__)
+    from rlprune.cli_args import DESCRIPTION, EPILOG, add_commands
+
+    p = argparse.ArgumentParser(
+        prog="rlprune",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-        sp.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    t = sub.add_parser("train", help="train a zoo model")
-    t.add_argument("--model", required=True)
-    _data_args(t)
-    t.add_argument("--out", required=True)
-    t.add_argument("--epochs", type=float, default=None)
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--batch-size", dest="batch_size", type=int, default=None)
-    t.add_argument("--width", type=float, default=1.0)
-    t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--config", default=None)
-    t.add_argument("--set", action="append", metavar="KEY=VALUE")
-    common(t)
-    t.set_defaults(func=cmd_train)
-
-    e = sub.add_parser("eval", help="test accuracy, MACs, params of a checkpoint")
-    e.add_argument("--checkpoint", required=True)
-    _data_args(e)
-    e.set_defaults(func=cmd_eval)
-
-    i = sub.add_parser("inspect", help="print the prunable units of a checkpoint")
-    i.add_argument("--checkpoint", required=True)
-    i.add_argument("--exclude", action="append", metavar="MODULE")
-    i.set_defaults(func=cmd_inspect)
-
-    r = sub.add_parser("prune", help="RL layer-by-layer pruning")
-    r.add_argument("--checkpoint", required=True)
-    _data_args(r)
-    r.add_argument("--out", required=True)
-    r.add_argument("--max-acc-drop", dest="max_acc_drop", type=float, default=None)
-    r.add_argument("--target-macs", dest="target_macs", type=float, default=None)
-    r.add_argument("--mode", choices=["budget", "amc"], default=None, help="with --target-macs")
-    r.add_argument("--config", default=None)
-    r.add_argument("--set", action="append", metavar="KEY=VALUE")
-    r.add_argument("--seed", type=int, default=None)
-    r.add_argument("--resume", action="store_true")
-    common(r)
-    r.set_defaults(func=cmd_prune)
-
-    rp = sub.add_parser("report", help="regenerate report.md and plots of a run")
-    rp.add_argument("run_dir")
-    rp.set_defaults(func=cmd_report)
-
-    c = sub.add_parser("compare", help="RL vs heuristic pruners at equal MACs")
-    c.add_argument("--checkpoint", required=True)
-    _data_args(c)
-    c.add_argument("--out", required=True)
-    c.add_argument("--targets", default="0.5,0.3")
-    c.add_argument("--seeds", type=int, default=3)
-    c.add_argument("--methods", default=None, help="comma list (default: all)")
-    c.add_argument("--config", default=None)
-    c.add_argument("--set", action="append", metavar="KEY=VALUE")
-    common(c)
-    c.set_defaults(func=cmd_compare)
-
-    d = sub.add_parser("demo", help="baseline + RL search on Fashion-MNIST")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--data-dir", default=None)
-    d.add_argument("--config", default=None)
-    d.add_argument("--set", action="append", metavar="KEY=VALUE")
-    common(d)
-    d.set_defaults(func=cmd_demo)
+    p.add_argument("--version", action="version", version=f"rlprune {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = {
+        "train": cmd_train,
+        "eval": cmd_eval,
+        "inspect": cmd_inspect,
+        "prune": cmd_prune,
+        "report": cmd_report,
+        "compare": cmd_compare,
+        "demo": cmd_demo,
+    }
+    add_commands(sub, commands)
     return p
 
 
@@ -383,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _interrupted_line(args: argparse.Namespace) -> str:
-    """What Ctrl-C leaves behind: only a search keeps its progress (crash-safe state)."""
+    """What Ctrl-C leaves behind: a search and a comparison keep their progress."""
     if args.command == "prune":
         return (
             f"rlprune: interrupted; progress is saved in {args.out} — rerun the same command "
@@ -391,4 +383,9 @@ def _interrupted_line(args: argparse.Namespace) -> str:
         )
     if args.command == "demo":
         return "rlprune: interrupted; progress is saved — rerun `rlprune demo` to continue"
+    if args.command == "compare":
+        return (
+            f"rlprune: interrupted; finished cells are saved in {args.out} — rerun the same "
+            "command to continue"
+        )
     return "rlprune: interrupted"

@@ -1,8 +1,8 @@
 """``rlprune compare``: the RL agent against heuristic pruners at equal MACs and equal cost.
 
-Protocol (issue 6). Every method starts from the SAME baseline checkpoint and gets the SAME
-fine-tuning budget, counted in SGD steps: the RL search fine-tunes ``finetune_steps`` after each
-of its ``n_units`` units and then ``round(final_finetune_epochs * steps_per_epoch)`` more, with
+Protocol. Every method starts from the SAME baseline checkpoint and gets the SAME fine-tuning
+budget, counted in SGD steps: the RL search fine-tunes ``finetune_steps`` after each of its
+``n_units`` units and then ``round(final_finetune_epochs * steps_per_epoch)`` more, with
 ``steps_per_epoch = ceil(len(train) / batch_size)``; each heuristic prunes in one shot and then
 gets all ``finetune_steps * n_units + round(final_finetune_epochs * steps_per_epoch)`` steps as
 ONE :func:`~rlprune.train.fine_tune` call (cosine schedule) with the same ``finetune_lr``,
@@ -10,9 +10,9 @@ ONE :func:`~rlprune.train.fine_tune` call (cosine schedule) with the same ``fine
 fine-tuning, validation images for the agent's rewards, ``taylor``'s calibration batch is the
 RL search's calibration subset of the training split, and the test split only for the numbers.
 
-For each target in ``--targets`` and each of ``--seeds`` seeds (``seed, seed+1, ...`` from the
-config): ``rl`` runs :func:`rlprune.search.prune` in budget mode (run folder
-``OUT/rl/t{target}_s{seed}``, resumable), then the heuristics of :mod:`rlprune.baselines`;
+For each target in ``targets`` and each of ``seeds`` seeds (``seed, seed+1, ...`` from the
+search config): ``rl`` runs :func:`rlprune.search.prune` in budget mode (run folder
+``OUT/rl/t{target}_s{seed}``, resumable), then the other methods of :data:`REGISTRY`;
 ``random`` and ``l1-rl-ratios`` reuse the per-unit keep counts ``rl`` chose for that target and
 seed. Every pruned model is measured the same way on the CPU: test accuracy, MACs, params and
 batch-64 latency (:func:`~rlprune.pruning.measure_latency`, ``latency_runs`` timed passes).
@@ -22,157 +22,215 @@ selection and surgery; fine-tuning excluded, reported separately as ``finetune_s
 it is the wall time of the whole ``prune()`` call, which includes its fine-tuning, measurements
 and exports (the table's footnote says so).
 
-Outputs in ``--out``: ``compare.json`` (per method and target: mean/std over seeds and the raw
-per-seed values), ``compare.md`` (table, command, machine) and ``pareto.png``.
+Each measured (method, target, seed) cell is saved at once in ``OUT/cells`` (see
+:mod:`rlprune.compare_cells`); a rerun reuses finished cells, and the table is built from every
+cell in ``OUT`` for the asked methods and targets, so per-seed invocations into one ``OUT``
+(``seeds=1`` with ``seed=s``) add up to one table. Outputs in ``OUT``: ``compare.json`` (per
+method and target: mean/std over seeds and the raw per-seed values), ``compare.md`` (table,
+command, machine) and ``pareto.png``.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import itertools
 import json
 import logging
 import math
-import os
-import platform
-import shlex
-import statistics
-import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
-from rlprune.baselines import BASELINES, COUNT_BASED, MAC_TARGETED, TOLERANCE, prune_to_target
+from rlprune.baselines import TOLERANCE
 from rlprune.checkpoint import atomic_write, load_model
-from rlprune.compare_report import compare_table, pareto_plot
-from rlprune.config import PruneConfig, config_to_dict, load_config
-from rlprune.data import DatasetSplits, Split, load_dataset
+from rlprune.compare_cells import (
+    CellContext,
+    CellStore,
+    MethodRun,
+    Runner,
+    file_sha256,
+    heuristic_runner,
+    run_rl,
+)
+from rlprune.compare_report import (
+    command_line,
+    compare_table,
+    machine_info,
+    pareto_plot,
+    summarize,
+)
+from rlprune.config import PruneConfig, _check, config_to_dict
+from rlprune.data import DATASETS, DatasetSplits, load_dataset
 from rlprune.distributed import resolve_device
-from rlprune.errors import ConfigError, DataError, RlpruneError
+from rlprune.errors import DataError, RlpruneError
 from rlprune.models import ModelSpec, set_layout
 from rlprune.pruning import count_macs_params, find_units, measure_latency
-from rlprune.search import prune
-from rlprune.train import evaluate, fine_tune
+from rlprune.train import evaluate
 
-__all__ = ["METHODS", "run_compare"]
+__all__ = [
+    "METHODS",
+    "REGISTRY",
+    "CellContext",
+    "CompareConfig",
+    "CompareResult",
+    "Method",
+    "MethodRun",
+    "compare",
+]
 
 log = logging.getLogger(__name__)
 
-METHODS: tuple[str, ...] = ("rl", *BASELINES)
-"""Every method ``--methods`` accepts, in the order they run (``rl`` first)."""
+
+# ----------------------------------------------------------------------------- methods
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A registry entry.
+
+    ``mac_targeted``: the runner must land within 2% of the target MACs (a miss is an error;
+    otherwise only a warning and a † in the table). ``uses_rl_counts``: it reads
+    ``ctx.rl_counts`` (``rl`` then runs too). ``equal_finetune``: it fine-tunes with
+    :func:`equal_fine_tune` (recorded as ``finetune_steps``), not on its own schedule.
+    """
+
+    run: Runner
+    mac_targeted: bool = False
+    uses_rl_counts: bool = False
+    equal_finetune: bool = True
 
 
-def _parse_methods(text: str | None) -> list[str]:
-    if not text:
-        return list(METHODS)
-    asked = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in asked if m not in METHODS]
-    if unknown or not asked:
-        raise ConfigError(
-            f"unknown method {unknown[0] if unknown else text!r}; valid: {', '.join(METHODS)}"
+REGISTRY: dict[str, Method] = {
+    "rl": Method(run_rl, equal_finetune=False),
+    "random": Method(heuristic_runner("random"), uses_rl_counts=True),
+    "l1-uniform": Method(heuristic_runner("l1-uniform"), mac_targeted=True),
+    "global-magnitude": Method(heuristic_runner("global-magnitude"), mac_targeted=True),
+    "taylor": Method(heuristic_runner("taylor"), mac_targeted=True),
+    "bn-scale": Method(heuristic_runner("bn-scale"), mac_targeted=True),
+    "l1-rl-ratios": Method(heuristic_runner("l1-rl-ratios"), uses_rl_counts=True),
+}
+"""Every comparison method, in the order they run (``rl`` first: others may use its counts)."""
+
+METHODS: tuple[str, ...] = tuple(REGISTRY)
+"""Every method name ``CompareConfig.methods`` accepts."""
+
+
+# ----------------------------------------------------------------------------- config, result
+@dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    """One comparison. ``prune`` is the base search config: its ``seed`` is the first seed,
+    and each cell replaces ``seed`` and sets budget mode with the cell's ``target_macs``."""
+
+    checkpoint: Path
+    dataset: str
+    out: Path
+    targets: tuple[float, ...] = (0.5, 0.3)
+    seeds: int = 3
+    methods: tuple[str, ...] = METHODS
+    prune: PruneConfig = dataclasses.field(default_factory=PruneConfig)
+    data_dir: Path | None = None
+    download: bool = False
+    max_train: int | None = None
+    data_max_mb: float | None = None
+    device: str = "cpu"
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        # Accept str paths and lists from Python callers; store the declared types.
+        for name in ("checkpoint", "out", "data_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        object.__setattr__(self, "targets", tuple(float(t) for t in self.targets))
+        object.__setattr__(self, "methods", tuple(self.methods))
+        _check(self.dataset in DATASETS, "dataset", f"one of {', '.join(DATASETS)}")
+        t = self.targets
+        _check(bool(t), "targets", "give at least one MAC fraction, e.g. 0.5,0.3")
+        _check(all(0 < x < 1 for x in t), "targets", f"MAC fractions in (0, 1), got {t}")
+        _check(len(set(t)) == len(t), "targets", f"each target once, got {t}")
+        _check(self.seeds >= 1, "seeds", f"must be >= 1, got {self.seeds}")
+        valid = ", ".join(METHODS)
+        bad = [m for m in self.methods if m not in REGISTRY]
+        _check(not bad, "methods", f"unknown method {(bad or [''])[0]!r}; valid: {valid}")
+        _check(bool(self.methods), "methods", f"give at least one of {valid}")
+        _check(len(set(self.methods)) == len(self.methods), "methods", "each method once")
+        _check(isinstance(self.prune, PruneConfig), "prune", "must be a PruneConfig")
+        _check(self.max_train is None or self.max_train >= 2, "max_train", "must be >= 2")
+        _check(self.data_max_mb is None or self.data_max_mb > 0, "data_max_mb", "must be > 0")
+        _check(
+            self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:"),
+            "device",
+            f"cpu | cuda | cuda:N | auto, got {self.device!r}",
         )
-    if "rl" not in asked and any(m in COUNT_BASED for m in asked):
-        log.info("random / l1-rl-ratios use the counts rl chose: running rl too")
-        asked.append("rl")
-    return [m for m in METHODS if m in asked]
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds this call runs: ``prune.seed, prune.seed + 1, ...``."""
+        return [self.prune.seed + i for i in range(self.seeds)]
+
+    def cell_config(self, target: float, seed: int) -> PruneConfig:
+        """The search config of one cell: budget mode at ``target``, seed ``seed``."""
+        reward = dataclasses.replace(self.prune.reward, mode="budget", target_macs=target)
+        return dataclasses.replace(self.prune, seed=seed, reward=reward)
 
 
-def _parse_targets(text: str) -> list[float]:
-    try:
-        targets = [float(t) for t in str(text).split(",") if t.strip()]
-    except ValueError as e:
-        raise ConfigError(f"--targets must be comma-separated numbers, got {text!r}") from e
-    if not targets or any(not 0 < t < 1 for t in targets):
-        raise ConfigError(f"--targets must be MAC fractions in (0, 1), got {text!r}")
-    return targets
+@dataclasses.dataclass(frozen=True)
+class CompareResult:
+    """What :func:`compare` returns; ``report`` is the content of ``compare.json``."""
+
+    report: dict[str, Any]
+    markdown: str
+    out: Path
+    cells_run: int  # cells measured by this call
+    cells_reused: int  # finished cells loaded from OUT/cells
+
+    def summary(self, method: str, target: float) -> dict[str, Any]:
+        """Mean/std over seeds of ``method`` at ``target`` (``report["results"]`` entry)."""
+        summary: dict[str, Any] = self.report["results"][method][f"{target:g}"]
+        return summary
 
 
-def _command(args: argparse.Namespace) -> str:
-    """The ``rlprune compare`` command line that reproduces this run."""
-    cmd = ["rlprune", "compare", "--checkpoint", str(args.checkpoint), "--dataset", args.dataset]
-    if getattr(args, "data_dir", None):
-        cmd += ["--data-dir", str(args.data_dir)]
-    if getattr(args, "download", False):
-        cmd.append("--download")
-    if getattr(args, "max_train", None) is not None:
-        cmd += ["--max-train", str(args.max_train)]
-    cmd += ["--out", str(args.out), "--targets", str(args.targets), "--seeds", str(args.seeds)]
-    if getattr(args, "methods", None):
-        cmd += ["--methods", str(args.methods)]
-    if getattr(args, "config", None):
-        cmd += ["--config", str(args.config)]
-    for item in getattr(args, "set", None) or []:
-        cmd += ["--set", item]
-    cmd += ["--device", str(getattr(args, "device", "cpu"))]
-    return shlex.join(cmd)
+# ----------------------------------------------------------------------------- running
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    model: nn.Module
+    spec: ModelSpec | None
+    data: DatasetSplits
+    n_units: int
+    ft_steps: int
+    baseline: dict[str, Any]
+    device: torch.device
+    checkpoint_sha256: str
 
 
-def _machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_pruning": getattr(tp, "__version__", "?"),
-        "threads": torch.get_num_threads(),
-    }
-
-
-def _measure(
-    model: nn.Module,
-    test: Split,
-    val: Split,
-    example: torch.Tensor,
-    runs: int,
-    channels_last: bool,
-) -> dict[str, Any]:
+def _measure(model: nn.Module, data: DatasetSplits, cfg: PruneConfig) -> dict[str, Any]:
     """Test/val accuracy, MACs, params and batch-64 latency, all on the CPU, every model in the
     same memory layout (the search's), so latencies compare like for like."""
-    set_layout(model.cpu(), channels_last).eval()
+    example = data.val.images[:1]
+    set_layout(model.cpu(), cfg.channels_last).eval()
     macs, params = count_macs_params(model, example)
     return {
-        "test_acc": evaluate(model, test),
-        "val_acc": evaluate(model, val),
+        "test_acc": evaluate(model, data.test),
+        "val_acc": evaluate(model, data.val),
         "macs": macs,
         "params": params,
-        "latency_b64_ms": measure_latency(model, example, batch=64, runs=runs).median_ms,
+        "latency_b64_ms": measure_latency(
+            model, example, batch=64, runs=cfg.latency_runs
+        ).median_ms,
     }
 
 
-def _summary(runs: list[dict[str, Any]], target: float) -> dict[str, Any]:
-    def mean(key: str) -> float:
-        return statistics.fmean(float(r[key]) for r in runs)
-
-    accs = [float(r["test_acc"]) for r in runs]
-    return {
-        "target": target,
-        "test_acc_mean": statistics.fmean(accs),
-        "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-        "val_acc_mean": mean("val_acc"),
-        "macs": mean("macs"),
-        "macs_ratio": mean("macs_ratio"),
-        "params": mean("params"),
-        "latency_b64_ms": mean("latency_b64_ms"),
-        "search_s": mean("search_s"),
-        "macs_within_tolerance": all(r["macs_within_tolerance"] for r in runs),
-        "seeds": runs,
-    }
-
-
-def _load(args: argparse.Namespace) -> tuple[nn.Module, ModelSpec | None, DatasetSplits]:
-    model, spec, _ = load_model(args.checkpoint)
+def _setup(cfg: CompareConfig) -> _Setup:
+    model, spec, _ = load_model(cfg.checkpoint)
     data = load_dataset(
-        args.dataset,
-        data_dir=getattr(args, "data_dir", None),
-        download=bool(getattr(args, "download", False)),
+        cfg.dataset,
+        data_dir=cfg.data_dir,
+        download=cfg.download,
         seed=0,
-        max_train=getattr(args, "max_train", None),
-        max_mb=getattr(args, "data_max_mb", None),
+        max_train=cfg.max_train,
+        max_mb=cfg.data_max_mb,
     )
     if spec is not None and (
         spec.in_channels != data.in_channels or spec.num_classes != data.num_classes
@@ -182,178 +240,129 @@ def _load(args: argparse.Namespace) -> tuple[nn.Module, ModelSpec | None, Datase
             f"{spec.num_classes} classes; dataset {data.name} has {data.in_channels} "
             f"channel(s) and {data.num_classes} classes"
         )
-    return model, spec, data
+    base = cfg.prune
+    n_units = len(find_units(model, data.val.images[:1], base.exclude))
+    steps_per_epoch = math.ceil(len(data.train) / base.batch_size)
+    ft_steps = base.finetune_steps * n_units + round(base.final_finetune_epochs * steps_per_epoch)
+    log.info("%d units; every method gets %d fine-tune steps", n_units, ft_steps)
+    baseline = _measure(copy.deepcopy(model), data, base)
+    device = resolve_device(cfg.device)
+    sha = file_sha256(cfg.checkpoint)
+    return _Setup(model, spec, data, n_units, ft_steps, baseline, device, sha)
 
 
-@dataclasses.dataclass
-class _Run:
-    """What one method on one target and seed needs (shared by every method)."""
-
-    model: nn.Module
-    spec: ModelSpec | None
-    data: DatasetSplits
-    cfg: PruneConfig
-    target: float
-    ft_steps: int
-    out: Path
-    device: torch.device
-    quiet: bool
+def _run_order(methods: Sequence[str]) -> list[str]:
+    asked = list(methods)
+    users = [m for m in asked if REGISTRY[m].uses_rl_counts]
+    if users and "rl" not in asked:
+        log.info("%s use the counts rl chose: running rl too", ", ".join(users))
+        asked.append("rl")
+    return [m for m in REGISTRY if m in asked]
 
 
-def _run_rl(run: _Run) -> tuple[nn.Module, dict[str, int], float]:
-    """The agent in budget mode: ``(pruned model, kept per unit, prune() wall seconds)``."""
-    t0 = time.perf_counter()
-    run_dir = run.out / "rl" / f"t{run.target:g}_s{run.cfg.seed}"
-    res = prune(
-        run.model,
-        run.data.train,
-        run.data.val,
-        run.cfg,
-        test=run.data.test,
-        out_dir=run_dir,
-        spec=run.spec,
-        hflip=run.data.hflip,
-        resume=(run_dir / "config.yaml").exists(),  # a rerun reuses a finished search
-        device=run.device,
-        progress=not run.quiet,
+def _fingerprint(cfg: CompareConfig, setup: _Setup, target: float, seed: int) -> dict[str, Any]:
+    """Everything a cell's numbers depend on (not the device, the output folder or -q)."""
+    return {
+        "checkpoint_sha256": setup.checkpoint_sha256,
+        "dataset": cfg.dataset,
+        "max_train": cfg.max_train,
+        "data_max_mb": cfg.data_max_mb,
+        "finetune_steps": setup.ft_steps,
+        "config": config_to_dict(cfg.cell_config(target, seed)),
+    }
+
+
+def _run_cell(method: str, ctx: CellContext, setup: _Setup) -> dict[str, Any]:
+    """Run one method on one target and seed and measure it: the cell's result row."""
+    entry = REGISTRY[method]
+    res = entry.run(ctx)
+    row = _measure(res.model, ctx.data, ctx.cfg)
+    ratio, target = row["macs"] / setup.baseline["macs"], ctx.target
+    ok = abs(ratio / target - 1) <= TOLERANCE
+    if not ok and entry.mac_targeted:
+        raise RlpruneError(f"{method} reached MAC ratio {ratio:.3f}, not {target}")
+    if not ok:
+        log.warning("%s (target %g, seed %d): MAC ratio %.3f", method, target, ctx.seed, ratio)
+    row.update(
+        seed=ctx.seed,
+        macs_ratio=ratio,
+        macs_within_tolerance=ok,
+        search_s=res.search_s,
+        finetune_s=res.finetune_s,
+        finetune_steps=ctx.ft_steps if entry.equal_finetune else None,
+        kept=res.kept,
     )
-    kept = {r["unit"]: int(r["channels_after"]) for r in res.units}
-    return res.model, kept, time.perf_counter() - t0
+    msg = "%s, target %g, seed %d: test acc %.2f%%, MACs %.3f"
+    log.info(msg, method, target, ctx.seed, row["test_acc"], ratio)
+    return row
 
 
-def _run_heuristic(
-    run: _Run, method: str, counts: dict[str, int] | None
-) -> tuple[nn.Module, dict[str, int], float, float]:
-    """Prune a copy, then the equal fine-tune: ``(model, kept, search s, fine-tune s)``."""
-    data, cfg = run.data, run.cfg
-    calib = data.train.subset(min(cfg.rollout.calib_set, len(data.train)), seed=cfg.seed + 1)
-    model = copy.deepcopy(run.model).cpu()
-    t0 = time.perf_counter()
-    kept = prune_to_target(
-        model,
-        method,
-        run.target,
-        data.val.images[:1],
-        calib=(calib.images, calib.labels),
-        counts=counts,
-        seed=cfg.seed,
-        min_keep=cfg.min_keep,
-        exclude=cfg.exclude,
-    )
-    set_layout(model, cfg.channels_last)  # the layout rl's search fine-tunes in
-    t1 = time.perf_counter()
-    fine_tune(
-        model,
-        data.train,
-        run.ft_steps,
-        cfg.finetune_lr,
-        batch_size=cfg.batch_size,
-        weight_decay=cfg.weight_decay,
-        hflip=data.hflip,
-        generator=torch.Generator().manual_seed(cfg.seed),
-        device=run.device,
-        progress=not run.quiet,
-        desc=f"fine-tune {method}",
-    )
-    return model, kept, t1 - t0, time.perf_counter() - t1
-
-
-def run_compare(args: argparse.Namespace) -> str:
-    """Run the comparison described in the module docstring; returns the markdown table.
-
-    Args:
-        args: ``checkpoint, dataset, data_dir, download, max_train, out, targets, seeds,
-            methods, config, set, device, quiet`` (as parsed by ``rlprune compare``).
+def compare(cfg: CompareConfig) -> CompareResult:
+    """Run the comparison described in the module docstring and write its outputs.
 
     Raises:
-        ConfigError: unknown method, bad targets/seeds/config. DataError: data does not fit.
-        RlpruneError: a MAC-targeting heuristic missed its target by more than 2%.
+        ConfigError: a finished cell in ``cfg.out`` was made with another config.
+        DataError: the dataset does not fit the checkpoint's model.
+        RlpruneError: a MAC-targeting method missed its target by more than 2%.
     """
-    methods = _parse_methods(getattr(args, "methods", None))
-    targets = _parse_targets(args.targets)
-    n_seeds = int(args.seeds)
-    if n_seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {n_seeds}")
-    base_cfg = load_config(
-        PruneConfig, getattr(args, "config", None), list(getattr(args, "set", None) or [])
-    )
-    device = resolve_device(str(getattr(args, "device", "cpu")))
-    quiet = bool(getattr(args, "quiet", False))
-    model, spec, data = _load(args)
-    out = Path(args.out)
-    example = data.val.images[:1]
-    n_units = len(find_units(model, example, base_cfg.exclude))
-    steps_per_epoch = math.ceil(len(data.train) / base_cfg.batch_size)
-    ft_steps = base_cfg.finetune_steps * n_units + round(
-        base_cfg.final_finetune_epochs * steps_per_epoch
-    )
-    log.info("%d units; every method gets %d fine-tune steps", n_units, ft_steps)
-    baseline = _measure(
-        copy.deepcopy(model),
-        data.test,
-        data.val,
-        example,
-        base_cfg.latency_runs,
-        base_cfg.channels_last,
-    )
-
-    raw: dict[str, dict[str, list[dict[str, Any]]]] = {m: {} for m in methods}
-    for target, i in itertools.product(targets, range(n_seeds)):
-        key, seed = f"{target:g}", base_cfg.seed + i
-        cfg = dataclasses.replace(
-            base_cfg,
-            seed=seed,
-            reward=dataclasses.replace(base_cfg.reward, mode="budget", target_macs=target),
+    methods = _run_order(cfg.methods)
+    setup = _setup(cfg)
+    store = CellStore(cfg.out / "cells", lambda t, s: _fingerprint(cfg, setup, t, s))
+    for method, target in itertools.product(methods, cfg.targets):
+        store.rows(method, target)  # refuse a cell of another config before any work
+    ran = reused = 0
+    for target, seed in itertools.product(cfg.targets, cfg.seed_list):
+        ctx = CellContext(
+            setup.model,
+            setup.spec,
+            setup.data,
+            cfg.cell_config(target, seed),
+            target,
+            setup.ft_steps,
+            cfg.out,
+            setup.device,
+            cfg.quiet,
         )
-        run = _Run(model, spec, data, cfg, target, ft_steps, out, device, quiet)
-        counts: dict[str, int] | None = None
-        for method in methods:  # rl first: random and l1-rl-ratios reuse its counts
-            finetune_s = 0.0
-            if method == "rl":
-                pruned, counts, search_s = _run_rl(run)
-                kept = dict(counts)
+        for method in methods:  # rl first: other methods may reuse its counts
+            row = store.load(method, target, seed)
+            if row is None:
+                row = _run_cell(method, ctx, setup)
+                store.write(method, target, seed, row)
+                ran += 1
             else:
-                pruned, kept, search_s, finetune_s = _run_heuristic(run, method, counts)
-            row = _measure(
-                pruned, data.test, data.val, example, cfg.latency_runs, cfg.channels_last
-            )
-            ratio = row["macs"] / baseline["macs"]
-            ok = abs(ratio / target - 1) <= TOLERANCE
-            if not ok and method in MAC_TARGETED:  # prune_to_target checks it already
-                raise RlpruneError(f"{method} reached MAC ratio {ratio:.3f}, not {target}")
-            if not ok:
-                log.warning("%s (target %s, seed %d): MAC ratio %.3f", method, key, seed, ratio)
-            row.update(
-                seed=seed,
-                macs_ratio=ratio,
-                macs_within_tolerance=ok,
-                search_s=search_s,
-                finetune_s=finetune_s,
-                finetune_steps=ft_steps if method != "rl" else None,
-                kept=kept,
-            )
-            raw[method].setdefault(key, []).append(row)
-            msg = "%s, target %s, seed %d: test acc %.2f%%, MACs %.3f"
-            log.info(msg, method, key, seed, row["test_acc"], ratio)
-
-    report: dict[str, Any] = {
-        "command": _command(args),
-        "machine": _machine(),
-        "config": config_to_dict(base_cfg),
-        "n_units": n_units,
-        "n_seeds": n_seeds,
-        "finetune_steps": ft_steps,
-        "targets": targets,
-        "methods": methods,
-        "baseline": baseline,
-        "results": {
-            m: {k: _summary(runs, float(k)) for k, runs in per.items()} for m, per in raw.items()
-        },
-    }
+                log.info("%s, target %g, seed %d: reusing its cell", method, target, seed)
+                reused += 1
+            if method == "rl":
+                ctx = dataclasses.replace(ctx, rl_counts=dict(row["kept"]))
+    report = _report(cfg, setup, methods, store)
     text = compare_table(report)
-    out.mkdir(parents=True, exist_ok=True)
+    out = cfg.out
     atomic_write(out / "compare.json", lambda f: f.write(json.dumps(report, indent=2)), mode="w")
     atomic_write(out / "compare.md", lambda f: f.write(text), mode="w")
     pareto_plot(report, out / "pareto.png")
-    log.info("comparison written to %s\n%s", out / "compare.md", text)
-    return text
+    log.info("comparison written to %s", out / "compare.md")
+    return CompareResult(report, text, out, ran, reused)
+
+
+def _report(
+    cfg: CompareConfig, setup: _Setup, methods: list[str], store: CellStore
+) -> dict[str, Any]:
+    """``compare.json``: every cell in ``OUT/cells`` for these methods and targets, any seed."""
+    results = {m: {f"{t:g}": store.rows(m, t) for t in cfg.targets} for m in methods}
+    seeds = sorted({r["seed"] for per in results.values() for rs in per.values() for r in rs})
+    return {
+        "command": command_line(cfg, METHODS),  # --methods only if not the default set
+        "machine": machine_info(),
+        "config": config_to_dict(cfg.prune),
+        "n_units": setup.n_units,
+        "n_seeds": len(seeds),
+        "seeds": seeds,
+        "finetune_steps": setup.ft_steps,
+        "targets": list(cfg.targets),
+        "methods": methods,
+        "baseline": setup.baseline,
+        "results": {
+            m: {k: summarize(rows, float(k)) for k, rows in per.items() if rows}
+            for m, per in results.items()
+        },
+    }

@@ -1,15 +1,93 @@
-"""``compare.md`` table and ``pareto.png`` of an ``rlprune compare`` report dict."""
+"""``rlprune compare``'s report: per-seed summaries, the reproducing command, the machine,
+the ``compare.md`` table and ``pareto.png`` (matplotlib is imported only to plot)."""
 
 from __future__ import annotations
 
+import os
+import platform
+import shlex
+import statistics
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.figure import Figure
+import torch
+import torch_pruning as tp
+import yaml
 
 from rlprune.baselines import TOLERANCE
+from rlprune.config import PruneConfig, config_to_dict
 
-__all__ = ["compare_table", "pareto_plot"]
+if TYPE_CHECKING:
+    from rlprune.compare import CompareConfig
+
+__all__ = ["command_line", "compare_table", "machine_info", "pareto_plot", "summarize"]
+
+
+def summarize(rows: list[dict[str, Any]], target: float) -> dict[str, Any]:
+    """Mean/std over the per-seed result rows of one method at one target."""
+
+    def mean(key: str) -> float:
+        return statistics.fmean(float(r[key]) for r in rows)
+
+    accs = [float(r["test_acc"]) for r in rows]
+    return {
+        "target": target,
+        "test_acc_mean": statistics.fmean(accs),
+        "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+        "val_acc_mean": mean("val_acc"),
+        "macs": mean("macs"),
+        "macs_ratio": mean("macs_ratio"),
+        "params": mean("params"),
+        "latency_b64_ms": mean("latency_b64_ms"),
+        "search_s": mean("search_s"),
+        "macs_within_tolerance": all(r["macs_within_tolerance"] for r in rows),
+        "seeds": rows,
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_pruning": getattr(tp, "__version__", "?"),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _config_sets(cfg: Any, default: Any, prefix: str = "") -> Iterator[str]:
+    """``key=value`` for every field of ``cfg`` that differs from ``default`` (dotted keys)."""
+    for key, value in config_to_dict(cfg).items():
+        base = config_to_dict(default)[key]
+        if isinstance(value, dict):
+            yield from _config_sets(getattr(cfg, key), getattr(default, key), f"{prefix}{key}.")
+        elif value != base:
+            text = yaml.safe_dump(value, default_flow_style=True).splitlines()[0]
+            yield f"{prefix}{key}={text}"
+
+
+def command_line(cfg: CompareConfig, all_methods: Sequence[str]) -> str:
+    """The ``rlprune compare`` command line that reproduces ``cfg`` (the search config as
+    ``--set`` items for each value that differs from the default)."""
+    cmd = ["rlprune", "compare", "--checkpoint", str(cfg.checkpoint), "--dataset", cfg.dataset]
+    if cfg.data_dir is not None:
+        cmd += ["--data-dir", str(cfg.data_dir)]
+    if cfg.download:
+        cmd.append("--download")
+    if cfg.max_train is not None:
+        cmd += ["--max-train", str(cfg.max_train)]
+    if cfg.data_max_mb is not None:
+        cmd += ["--data-max-mb", f"{cfg.data_max_mb:g}"]
+    targets = ",".join(f"{t:g}" for t in cfg.targets)
+    cmd += ["--out", str(cfg.out), "--targets", targets, "--seeds", str(cfg.seeds)]
+    if list(cfg.methods) != list(all_methods):
+        cmd += ["--methods", ",".join(cfg.methods)]
+    for item in _config_sets(cfg.prune, PruneConfig()):
+        cmd += ["--set", item]
+    cmd += ["--device", cfg.device]
+    return shlex.join(cmd)
 
 
 def compare_table(report: dict[str, Any]) -> str:
@@ -55,6 +133,8 @@ def compare_table(report: dict[str, Any]) -> str:
 
 
 def pareto_plot(report: dict[str, Any], path: Path) -> None:
+    from matplotlib.figure import Figure  # here, so that ``import rlprune`` stays light
+
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     for method, per_target in report["results"].items():
