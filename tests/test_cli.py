@@ -131,3 +131,9 @@ def test_prune_args_become_a_budget_config(monkeypatch: pytest.MonkeyPatch) -> N
     assert cli.main(argv) == 0
     (cfg,) = seen
     assert (cfg.reward.mode, cfg.reward.target_macs, cfg.seed) == ("amc", 0.4, 3)
+
+
+def test_compare_methods_help_lists_every_registered_method() -> None:
+    parsers = dict(_parsers(cli.build_parser()))
+    (methods,) = [a for a in _options(parsers["rlprune compare"]) if a.dest == "methods"]
+    assert all(m in str(methods.help) for m in METHODS), "update --methods help in cli_args.py"
