@@ -21,6 +21,7 @@ from rlprune.errors import ConfigError
 
 __all__ = [
     "AgentConfig",
+    "JointConfig",
     "PruneConfig",
     "RewardConfig",
     "RolloutConfig",
@@ -40,7 +41,7 @@ RewardMode = Literal["accuracy", "budget", "amc"]
 Efficiency = Literal["macs", "filters"]
 Precision = Literal["fp32", "bf16"]
 WalkOrder = Literal["forward", "reverse", "macs"]
-SearchStrategy = Literal["layerwise"]
+SearchStrategy = Literal["layerwise", "joint"]
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -189,6 +190,25 @@ class RolloutConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class JointConfig:
+    """The joint strategy: every unit at once (DECORE-style, Alwani et al. CVPR 2022).
+
+    Each of ``steps`` episodes samples ``samples`` whole-network masks, scores them in one
+    batched pass on a slice of the reward set, updates the policy, and (``train_weights``)
+    takes one SGD step of the network's weights under a sampled mask. Those steps are part of
+    the fine-tune budget: the cut model then gets ``finetune_steps * units - steps`` more.
+    """
+
+    steps: int = 300
+    samples: int = 4
+    train_weights: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "joint.steps", f"must be >= 1, got {self.steps}")
+        _check(self.samples >= 2, "joint.samples", "must be >= 2 (a baseline needs two)")
+
+
+@dataclasses.dataclass(frozen=True)
 class PruneConfig:
     """The whole layer-by-layer search."""
 
@@ -210,9 +230,15 @@ class PruneConfig:
     agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
+    joint: JointConfig = dataclasses.field(default_factory=JointConfig)
 
     def __post_init__(self) -> None:
         _check_choice(self.strategy, SearchStrategy, "strategy")
+        _check(
+            self.strategy != "joint" or self.reward.mode == "budget",
+            "strategy",
+            "joint needs a MAC target: --target-macs (reward.mode=budget)",
+        )
         _check_choice(self.order, WalkOrder, "order")
         _check(self.min_keep > 0, "min_keep", f"must be > 0, got {self.min_keep}")
         _check(self.finetune_steps >= 0, "finetune_steps", "must be >= 0")

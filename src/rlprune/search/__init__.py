@@ -3,7 +3,8 @@
 :func:`prune` sets up what every strategy shares (:class:`~rlprune.search.session.Session`),
 runs the strategy ``PruneConfig.strategy`` names, then does the final fine-tune, measures the
 result and writes the run folder's outputs. Strategies live beside it: ``layerwise`` (Huang et
-al. 2018, :mod:`rlprune.search.layerwise`).
+al. 2018, :mod:`rlprune.search.layerwise`) and ``joint`` (all units at once, DECORE-style,
+:mod:`rlprune.search.joint`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rlprune.env import PruningEnv
 from rlprune.models import ModelSpec, set_layout
 from rlprune.outputs import Measurement, measure_model, write_outputs
 from rlprune.pruning import find_units
+from rlprune.search.joint import joint
 from rlprune.search.layerwise import layerwise
 from rlprune.search.records import Decision, UnitProgress, UnitRecord
 from rlprune.search.runtime import SearchRuntime, derive_seed
@@ -40,7 +42,7 @@ __all__ = [
     "prune",
 ]
 
-STRATEGIES: dict[SearchStrategy, Strategy] = {"layerwise": layerwise}
+STRATEGIES: dict[SearchStrategy, Strategy] = {"layerwise": layerwise, "joint": joint}
 """Search strategies by ``PruneConfig.strategy``: each prunes ``session.model`` in place."""
 
 

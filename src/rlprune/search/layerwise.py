@@ -12,13 +12,13 @@ import logging
 import time
 
 import torch
-from tqdm import tqdm
 
 from rlprune.agent import FEATURE_DIM, Agent
 from rlprune.checkpoint import apply_shapes, capture_shapes
 from rlprune.config import PruneConfig
 from rlprune.env import PruningEnv
 from rlprune.errors import PruningError
+from rlprune.progress import bar as progress_bar
 from rlprune.pruning import Unit, count_macs_params
 from rlprune.search.records import Decision, UnitProgress, UnitRecord
 from rlprune.search.runtime import derive_seed
@@ -88,11 +88,10 @@ def train_agent(
     the policy has converged or the best reward has not improved for ``patience`` updates."""
     cfg = s.cfg.agent
     done = p.stopped or p.decided is not None
-    bar = tqdm(
+    bar = progress_bar(
         range(p.update, cfg.updates),
         desc=f"agent {unit.name}",
-        disable=not s.runtime.progress or done,
-        leave=False,
+        enabled=s.runtime.progress and not done,
     )
     for upd in bar:
         if p.stopped or p.decided is not None:

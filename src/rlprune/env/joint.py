@@ -1,0 +1,261 @@
+"""The joint environment: every unit masked at once (a DECORE-style search, Alwani et al.,
+CVPR 2022).
+
+A whole-network mask is a ``[N]`` 0/1 vector over the filters of all units, concatenated in
+forward unit order. The environment scores K such masks in ONE batched forward pass over a
+slice of the reward set (per-sample masks), prices them with the closed-form MAC model, trains
+the network's weights under a sampled mask (so rewards are measured after the network adapts,
+not before), and finally cuts the chosen masks physically.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rlprune.agent import feature_state, unit_statistics
+from rlprune.config import PruneConfig
+from rlprune.models import set_layout
+from rlprune.pruning import Unit, UnitMacs, UnitMask, find_units, remove_channels, resolve_min_keep
+from rlprune.reward import budget_reward
+
+__all__ = ["JointBatch", "JointEnv"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JointBatch:
+    """The outcome of scoring K whole-network masks: ``[K]`` tensors."""
+
+    rewards: torch.Tensor
+    accs: torch.Tensor  # % on the scored slice of the reward set
+    macs: torch.Tensor  # model MACs with each mask
+
+
+class JointEnv:
+    """Masks over every unit of ``model`` at once.
+
+    Args:
+        model: the live model (weights trained by :meth:`train_step`, cut by :meth:`apply`).
+        reward_set: ``(x [R, C, H, W], y [R])`` validation images the rewards are scored on.
+        calib: ``(x, y)`` training images for the per-filter statistics of the state.
+        example_input: ``[1, C, H, W]``.
+        cfg: the search config (``reward.target_macs`` is the whole network's MAC target).
+        base_macs: unpruned model MACs.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        reward_set: tuple[torch.Tensor, torch.Tensor],
+        calib: tuple[torch.Tensor, torch.Tensor],
+        example_input: torch.Tensor,
+        cfg: PruneConfig,
+        base_macs: int,
+    ) -> None:
+        self.model, self.cfg, self.example = model, cfg, example_input
+        self.reward_x, self.reward_y = reward_set
+        self.calib = calib
+        self.units: list[Unit] = find_units(model, example_input, cfg.exclude)
+        self.sizes = [u.channels for u in self.units]
+        # unit index of every filter, [N]
+        self.owner = torch.repeat_interleave(
+            torch.arange(len(self.units)), torch.tensor(self.sizes)
+        )
+        self.mac_model = UnitMacs(model, self.units, example_input)
+        self.target = cfg.reward.target_macs * base_macs
+        self.min_keep = [resolve_min_keep(cfg.min_keep, c) for c in self.sizes]
+        self._masks = [UnitMask(model, u) for u in self.units]
+        self._cursor = 0
+
+    @property
+    def n_filters(self) -> int:
+        return int(sum(self.sizes))
+
+    def state(self) -> torch.Tensor:
+        """The policy's state ``[N, FEATURE_DIM]``: each unit's filter features (z-scored within
+        the unit) and its context, stacked in unit order."""
+        self.set_masks(None)
+        rows = []
+        for u in self.units:
+            stats = unit_statistics(self.model, u, *self.calib)
+            rows.append(feature_state(stats, u, len(self.units), 1.0))
+        return torch.cat(rows)
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """``[..., N]`` -> one ``[..., C_u]`` tensor per unit."""
+        return list(torch.split(flat, self.sizes, dim=-1))
+
+    def counts(self, masks: torch.Tensor) -> torch.Tensor:
+        """Kept channels per unit, ``[K, N]`` -> ``[K, U]``."""
+        return torch.stack([m.sum(-1) for m in self.split(masks.float())], dim=-1)
+
+    def macs(self, masks: torch.Tensor) -> torch.Tensor:
+        """Model MACs of each mask ``[K, N]`` -> ``[K]`` (float64; closed form, exact for the
+        zoo). Counts below ``min_keep`` are priced at ``min_keep``: the cut keeps that many."""
+        names, floor = [u.name for u in self.units], self.min_keep
+        return torch.tensor(
+            [
+                self.mac_model(
+                    {n: max(int(k), low) for n, k, low in zip(names, c, floor, strict=True)}
+                )
+                for c in self.counts(masks)
+            ],
+            dtype=torch.float64,
+        )
+
+    def set_masks(self, masks: torch.Tensor | None) -> None:
+        """Install ``[N]`` (whole batch) or ``[B, N]`` (per sample) masks; None removes them."""
+        for hook, part in zip(
+            self._masks,
+            self.split(masks) if masks is not None else [None] * len(self._masks),
+            strict=True,
+        ):
+            hook.set(part)
+
+    def next_slice(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next ``rollout.batch_size`` images of the reward set (round robin)."""
+        n, bs = len(self.reward_y), min(self.cfg.rollout.batch_size, len(self.reward_y))
+        idx = (torch.arange(bs) + self._cursor) % n
+        self._cursor = int((self._cursor + bs) % n)
+        return self.reward_x[idx], self.reward_y[idx]
+
+    @torch.no_grad()
+    def score(self, masks: torch.Tensor) -> JointBatch:
+        """Accuracy, MACs and budget reward of each whole-network mask ``[K, N]`` on the next
+        slice of the reward set, all K in one forward pass (per-sample masks)."""
+        x, y = self.next_slice()
+        k, b = masks.shape[0], len(y)
+        self.model.eval()
+        self.set_masks(masks.repeat_interleave(b, dim=0))
+        try:
+            logits = self.model(x.repeat(k, *([1] * (x.dim() - 1))))
+        finally:
+            self.set_masks(None)
+        correct = (logits.argmax(1) == y.repeat(k)).view(k, b).double()
+        accs = 100.0 * correct.mean(1)
+        macs = self.macs(masks)
+        rc = self.cfg.reward
+        rewards = budget_reward(100.0 - accs, macs, self.target, rc.budget_penalty, rc.budget_under)
+        return JointBatch(rewards.float(), accs.float(), macs)
+
+    @torch.no_grad()
+    def score_full(self, mask: torch.Tensor) -> JointBatch:
+        """Accuracy, MACs and reward of one mask ``[N]`` on the whole reward set."""
+        self.model.eval()
+        self.set_masks(mask)
+        try:
+            correct = sum(
+                int((self.model(x).argmax(1) == y).sum())
+                for x, y in zip(
+                    self.reward_x.split(self.cfg.rollout.batch_size),
+                    self.reward_y.split(self.cfg.rollout.batch_size),
+                    strict=True,
+                )
+            )
+        finally:
+            self.set_masks(None)
+        accs = torch.tensor([100.0 * correct / len(self.reward_y)], dtype=torch.float64)
+        macs = self.macs(mask[None])
+        rc = self.cfg.reward
+        rewards = budget_reward(100.0 - accs, macs, self.target, rc.budget_penalty, rc.budget_under)
+        return JointBatch(rewards.float(), accs.float(), macs)
+
+    def train_step(
+        self, mask: torch.Tensor, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer
+    ) -> float:
+        """One SGD step of the network's weights under ``mask [N]``; returns the loss."""
+        self.model.train()
+        self.set_masks(mask)
+        try:
+            loss = F.cross_entropy(self.model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        finally:
+            self.set_masks(None)
+            self.model.eval()
+        return float(loss.detach())
+
+    def project(self, logits: torch.Tensor, iters: int = 60) -> torch.Tensor:
+        """The deterministic mask ``[N]`` that lands on the MAC target: a common shift ``d`` of
+        all logits sets each unit's count to ``round(sum_i sigmoid(logit_i + d))`` (its expected
+        count), solved by bisection; each unit keeps its highest-logit filters."""
+        parts = self.split(logits.detach().float())
+
+        def at(shift: float) -> torch.Tensor:
+            out = []
+            for part, low in zip(parts, self.min_keep, strict=True):
+                n = max(low, min(part.numel(), round(float(torch.sigmoid(part + shift).sum()))))
+                keep = torch.zeros_like(part)
+                keep[torch.topk(part, n).indices] = 1.0
+                out.append(keep)
+            return torch.cat(out)
+
+        lo, hi = -30.0, 30.0
+        if float(self.macs(at(lo)[None])[0]) > self.target:
+            log.warning("MAC target %.3g unreachable with min_keep", self.target)
+            return at(lo)
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            if float(self.macs(at(mid)[None])[0]) > self.target:
+                hi = mid
+            else:
+                lo = mid
+        return at(lo)
+
+    def apply(self, mask: torch.Tensor) -> dict[str, list[int]]:
+        """Remove the hooks and cut every unit physically where ``mask [N]`` is 0; returns the
+        kept indices per unit."""
+        self.close()
+        kept: dict[str, list[int]] = {}
+        for unit, part in zip(self.units, self.split(mask), strict=True):
+            now = {u.name: u for u in find_units(self.model, self.example, self.cfg.exclude)}
+            kept[unit.name] = remove_channels(
+                self.model, now[unit.name], part, self.example, self.cfg.min_keep
+            )
+        set_layout(self.model, self.cfg.channels_last)
+        return kept
+
+    def close(self) -> None:
+        """Remove the mask hooks; the model is exactly as before."""
+        for hook in self._masks:
+            hook.remove()
+        self._masks = []
+
+
+def initial_levels(env: JointEnv, state_logits: torch.Tensor, iters: int = 40) -> torch.Tensor:
+    """Per-unit logit offsets ``[U]`` that start the policy at the uniform allocation: every
+    unit's expected keep ratio equal, and the expected MACs on the target (the point uniform
+    L1 pruning, Li et al. 2017, would pick); learning then moves units away from it."""
+    parts = env.split(state_logits.detach().float())
+    names = [u.name for u in env.units]
+
+    def offsets(ratio: float) -> torch.Tensor:
+        r = min(max(ratio, 1e-4), 1 - 1e-4)
+        out = []
+        for part in parts:
+            lo, hi = -30.0, 30.0  # shift so that mean(sigmoid(part + s)) = r
+            for _ in range(iters):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if float(torch.sigmoid(part + mid).mean()) < r else (lo, mid)
+            out.append((lo + hi) / 2)
+        return torch.tensor(out)
+
+    def macs_at(ratio: float) -> float:
+        counts = {n: max(1, round(ratio * c)) for n, c in zip(names, env.sizes, strict=True)}
+        return env.mac_model(counts)
+
+    lo, hi = 0.0, 1.0
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if macs_at(mid) < env.target else (lo, mid)
+    if math.isclose(lo, 0.0):
+        log.warning("MAC target %.3g is below what one channel per unit costs", env.target)
+    return offsets((lo + hi) / 2)

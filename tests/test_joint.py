@@ -1,0 +1,107 @@
+"""The joint strategy: every unit at once, learnt allocation, planted known answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from rlprune.config import AgentConfig, JointConfig, PruneConfig, RewardConfig, RolloutConfig
+from rlprune.errors import ConfigError
+from rlprune.pruning import count_macs_params, find_units, remove_channels
+from rlprune.search import prune
+from tests.toy import toy_split
+
+
+class DecoyNet(nn.Module):
+    """4-class toy whose useful filters are the SMALL ones.
+
+    Filters 0-3 copy input channel k at weight 0.5 (class k's detector, BN gamma 0.5); filters
+    4-7 sum all channels at weight 3 (BN gamma 3) and the classifier ignores them. So L1, L2,
+    |gamma| and mean activation all rank the decoys 4-7 above the detectors: an importance
+    prior keeps the wrong half, and only the reward can tell.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 8, 1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(8, 4, bias=False)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.classifier.weight.zero_()
+            for k in range(4):
+                self.conv.weight[k, k] = 0.5
+                self.classifier.weight[k, k] = 1.0
+                self.bn.weight[k] = 0.5
+            self.conv.weight[4:] = 3.0
+            self.bn.weight[4:] = 3.0
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(torch.relu(self.bn(self.conv(x)))), 1))
+
+
+def _half_macs() -> float:
+    """MAC fraction of DecoyNet with 4 of its 8 filters kept."""
+    model, x = DecoyNet(), toy_split(2, 0).images[:1]
+    full = count_macs_params(model, x)[0]
+    remove_channels(model, find_units(model, x)[0], torch.tensor([1.0] * 4 + [0.0] * 4), x)
+    return count_macs_params(model, x)[0] / full
+
+
+def _joint_cfg(lr: float, steps: int = 60) -> PruneConfig:
+    return PruneConfig(
+        strategy="joint",
+        finetune_steps=0,
+        final_finetune_epochs=0,
+        min_keep=1,
+        latency_runs=3,
+        agent=AgentConfig(lr=lr),
+        reward=RewardConfig(mode="budget", target_macs=_half_macs() * 1.001),
+        rollout=RolloutConfig(reward_set=200, calib_set=64, batch_size=100),
+        joint=JointConfig(steps=steps, samples=8, train_weights=False),
+    )
+
+
+def _run(cfg: PruneConfig, out: Path) -> tuple[list[int], float]:
+    res = prune(
+        DecoyNet(), toy_split(256, 0), toy_split(200, 1), cfg, test=toy_split(200, 2), out_dir=out
+    )
+    (unit,) = res.units
+    return unit.kept, float(res.pruned.test_acc or 0.0)
+
+
+def test_joint_agent_finds_planted_filters_the_prior_misses(tmp_path: Path) -> None:
+    kept, acc = _run(_joint_cfg(lr=0.05), tmp_path / "learn")
+    assert kept == [0, 1, 2, 3]
+    assert acc == 100.0
+
+
+def test_prior_alone_keeps_the_decoys(tmp_path: Path) -> None:
+    # Learning switched off (a vanishing step size): the projection of the prior's logits.
+    kept, acc = _run(_joint_cfg(lr=1e-12), tmp_path / "prior")
+    assert kept == [4, 5, 6, 7]
+    assert acc <= 25.0
+
+
+def test_joint_lands_on_the_mac_target_with_learnt_allocation(tmp_path: Path) -> None:
+    from tests.test_search_pin import TwoUnitToy
+
+    cfg = _joint_cfg(lr=0.05, steps=20)
+    res = prune(
+        TwoUnitToy(), toy_split(256, 0), toy_split(200, 1), cfg, test=toy_split(200, 2),
+        out_dir=tmp_path / "two",
+    )  # fmt: skip
+    ratio = res.pruned.macs / res.baseline.macs
+    assert ratio <= cfg.reward.target_macs * 1.02
+    assert [u.unit for u in res.units] == ["conv1", "conv2"]
+    assert all(u.chosen == "joint" and u.updates == 20 for u in res.units)
+
+
+def test_joint_needs_a_mac_target() -> None:
+    with pytest.raises(ConfigError, match="joint needs a MAC target"):
+        PruneConfig(strategy="joint")
