@@ -33,8 +33,11 @@ TINY = [
     "final_finetune_epochs=0.05",
     "rollout.reward_set=100",
     "latency_runs=3",
+    "joint.steps=4",
 ]
-MAC_TARGETED = ("l1-uniform", "global-magnitude", "taylor", "bn-scale")
+MAC_TARGETED = (
+    "l1-uniform", "global-magnitude", "taylor", "bn-scale", "tp-iterative", "random-search",
+)  # fmt: skip
 
 
 def _cfg(checkpoint: Path, out: Path, *extra: str, **kw: Any) -> CompareConfig:
@@ -102,7 +105,9 @@ def test_every_method_gets_the_rl_fine_tune_budget(full_run: CompareResult) -> N
     train_n = len(load_dataset("digits").train)
     expected = 2 * report["n_units"] + round(0.05 * math.ceil(train_n / 128))
     assert report["n_units"] == 6 and report["finetune_steps"] == expected
-    for method in METHODS[1:]:
+    equal = [m for m in METHODS if compare_module.REGISTRY[m].equal_finetune]
+    assert len(equal) == len(METHODS) - 3  # all but the rl searches record it
+    for method in equal:
         assert report["results"][method]["0.5"]["seeds"][0]["finetune_steps"] == expected
 
 
@@ -193,7 +198,7 @@ def test_a_registered_method_runs(
 
 def test_bad_values_raise_one_line_config_errors(checkpoint: Path, tmp_path: Path) -> None:
     cases: list[tuple[dict[str, Any], str]] = [
-        ({"methods": ("rl", "magic")}, "unknown method 'magic'; valid: rl, random"),
+        ({"methods": ("rl", "magic")}, "unknown method 'magic'; valid: rl, rl-layerwise"),
         ({"methods": ()}, "give at least one"),
         ({"targets": (0.5, 1.5)}, "targets"),
         ({"targets": ()}, "targets"),

@@ -199,8 +199,9 @@ def _add_compare(sub: Subparsers, cmd: Command) -> None:
         "--methods",
         default=None,
         metavar="M1,M2",
-        help="comma-separated subset of rl, random, l1-uniform, global-magnitude, taylor, "
-        "bn-scale, l1-rl-ratios (default: all)",
+        help="comma-separated subset of rl, rl-layerwise, rl-joint, random, l1-uniform, "
+        "global-magnitude, taylor, bn-scale, l1-rl-ratios, tp-iterative, random-search "
+        "(default: all)",
     )
     _config_args(c, _SEARCH_KEYS, "--set finetune_steps=50")
     _run_args(c)

@@ -54,7 +54,9 @@ from rlprune.compare_cells import (
     Runner,
     file_sha256,
     heuristic_runner,
-    run_rl,
+    rl_runner,
+    run_random_search,
+    run_tp_iterative,
 )
 from rlprune.compare_report import (
     command_line,
@@ -92,8 +94,10 @@ class Method:
 
     ``mac_targeted``: the runner must land within 2% of the target MACs (a miss is an error;
     otherwise only a warning and a † in the table). ``uses_rl_counts``: it reads
-    ``ctx.rl_counts`` (``rl`` then runs too). ``equal_finetune``: it fine-tunes with
-    :func:`equal_fine_tune` (recorded as ``finetune_steps``), not on its own schedule.
+    ``ctx.rl_counts`` or ``ctx.rl_rollouts`` (``rl`` then runs too). ``equal_finetune``: it
+    spends exactly the equal budget of SGD steps (recorded as ``finetune_steps``): one cosine
+    schedule (:func:`equal_fine_tune`), or tp-iterative's steps between its pruning steps, which
+    it checks add up to the budget. The rl searches spend the same number by construction.
     """
 
     run: Runner
@@ -103,13 +107,17 @@ class Method:
 
 
 REGISTRY: dict[str, Method] = {
-    "rl": Method(run_rl, equal_finetune=False),
+    "rl": Method(rl_runner(), equal_finetune=False),
+    "rl-layerwise": Method(rl_runner("layerwise"), equal_finetune=False),
+    "rl-joint": Method(rl_runner("joint"), equal_finetune=False),
     "random": Method(heuristic_runner("random"), uses_rl_counts=True),
     "l1-uniform": Method(heuristic_runner("l1-uniform"), mac_targeted=True),
     "global-magnitude": Method(heuristic_runner("global-magnitude"), mac_targeted=True),
     "taylor": Method(heuristic_runner("taylor"), mac_targeted=True),
     "bn-scale": Method(heuristic_runner("bn-scale"), mac_targeted=True),
     "l1-rl-ratios": Method(heuristic_runner("l1-rl-ratios"), uses_rl_counts=True),
+    "tp-iterative": Method(run_tp_iterative, mac_targeted=True),
+    "random-search": Method(run_random_search, mac_targeted=True, uses_rl_counts=True),
 }
 """Every comparison method, in the order they run (``rl`` first: others may use its counts)."""
 
@@ -291,6 +299,7 @@ def _run_cell(method: str, ctx: CellContext, setup: _Setup) -> dict[str, Any]:
         finetune_s=res.finetune_s,
         finetune_steps=ctx.ft_steps if entry.equal_finetune else None,
         kept=res.kept,
+        rollouts=res.rollouts,
     )
     msg = "%s, target %g, seed %d: test acc %.2f%%, MACs %.3f"
     log.info(msg, method, target, ctx.seed, row["test_acc"], ratio)
@@ -333,7 +342,9 @@ def compare(cfg: CompareConfig) -> CompareResult:
                 log.info("%s, target %g, seed %d: reusing its cell", method, target, seed)
                 reused += 1
             if method == "rl":
-                ctx = dataclasses.replace(ctx, rl_counts=dict(row["kept"]))
+                ctx = dataclasses.replace(
+                    ctx, rl_counts=dict(row["kept"]), rl_rollouts=row.get("rollouts")
+                )
     report = _report(cfg, setup, methods, store)
     text = compare_table(report)
     out = cfg.out

@@ -29,11 +29,12 @@ from torch import nn
 
 from rlprune.baselines import prune_to_target
 from rlprune.checkpoint import atomic_write
-from rlprune.config import PruneConfig
+from rlprune.config import PruneConfig, SearchStrategy
 from rlprune.data import DatasetSplits
 from rlprune.errors import ConfigError
 from rlprune.models import ModelSpec, set_layout
-from rlprune.search import prune
+from rlprune.peers import random_search, tp_iterative
+from rlprune.search import PruneResult, prune
 from rlprune.search.records import UnitRecord
 from rlprune.train import fine_tune
 
@@ -45,7 +46,10 @@ __all__ = [
     "equal_fine_tune",
     "file_sha256",
     "heuristic_runner",
-    "run_rl",
+    "rl_runner",
+    "rollout_equivalents",
+    "run_random_search",
+    "run_tp_iterative",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,6 +78,7 @@ class CellContext:
     device: torch.device
     quiet: bool
     rl_counts: dict[str, int] | None = None
+    rl_rollouts: int | None = None  # reward-set evaluations rl's search spent (see run_rl)
 
     @property
     def seed(self) -> int:
@@ -92,6 +97,7 @@ class MethodRun:
     kept: dict[str, int]
     search_s: float
     finetune_s: float = 0.0
+    rollouts: int | None = None  # reward-set evaluations the search spent (search methods)
 
 
 Runner = Callable[[CellContext], MethodRun]
@@ -128,24 +134,63 @@ def _kept_counts(units: Sequence[UnitRecord]) -> dict[str, int]:
     return {u.unit: int(u.channels_after) for u in units}
 
 
-def run_rl(ctx: CellContext) -> MethodRun:
-    """The agent in budget mode; its time is the whole ``prune()`` call (fine-tuning included)."""
-    run_dir = ctx.out / "rl" / f"t{ctx.target:g}_s{ctx.seed}"
-    t0 = time.perf_counter()
-    res = prune(
-        ctx.model,
-        ctx.data.train,
-        ctx.data.val,
-        ctx.cfg,
-        test=ctx.data.test,
-        out_dir=run_dir,
-        spec=ctx.spec,
-        hflip=ctx.data.hflip,
-        resume=(run_dir / "config.yaml").exists(),  # a rerun reuses a finished search
-        device=ctx.device,
-        progress=not ctx.quiet,
-    )
-    return MethodRun(res.model, _kept_counts(res.units), time.perf_counter() - t0)
+def rollout_equivalents(res: PruneResult, cfg: PruneConfig) -> int:
+    """Reward-set evaluations a search spent: rollouts times the images each one scored, in
+    units of the whole reward set (the joint strategy scores slices of it)."""
+    if cfg.strategy == "joint":
+        per = min(cfg.rollout.batch_size, cfg.rollout.reward_set) / cfg.rollout.reward_set
+        return round(cfg.joint.steps * cfg.joint.samples * per)
+    return sum(u.rollouts_scored for u in res.units)
+
+
+def rl_runner(strategy: SearchStrategy | None = None) -> Runner:
+    """The agent in budget mode (``strategy`` overrides the config's); its time is the whole
+    ``prune()`` call (fine-tuning included)."""
+    name = "rl" if strategy is None else f"rl-{strategy}"
+
+    def run(ctx: CellContext) -> MethodRun:
+        cfg = ctx.cfg if strategy is None else dataclasses.replace(ctx.cfg, strategy=strategy)
+        run_dir = ctx.out / name / f"t{ctx.target:g}_s{ctx.seed}"
+        t0 = time.perf_counter()
+        res = prune(
+            ctx.model,
+            ctx.data.train,
+            ctx.data.val,
+            cfg,
+            test=ctx.data.test,
+            out_dir=run_dir,
+            spec=ctx.spec,
+            hflip=ctx.data.hflip,
+            resume=(run_dir / "config.yaml").exists(),  # a rerun reuses a finished search
+            device=ctx.device,
+            progress=not ctx.quiet,
+        )
+        search_s = time.perf_counter() - t0
+        return MethodRun(
+            res.model, _kept_counts(res.units), search_s, rollouts=rollout_equivalents(res, cfg)
+        )
+
+    return run
+
+
+def run_tp_iterative(ctx: CellContext) -> MethodRun:
+    """Torch-Pruning's own iterative pruner on the RL search's fine-tune schedule."""
+    res = tp_iterative(
+        ctx.model, ctx.data.train, ctx.cfg, ctx.target, ctx.ft_steps,
+        hflip=ctx.data.hflip, device=ctx.device, progress=not ctx.quiet,
+    )  # fmt: skip
+    return MethodRun(res.model, res.kept, res.search_s, res.finetune_s)
+
+
+def run_random_search(ctx: CellContext) -> MethodRun:
+    """EagleEye with as many scored candidates as rl's search spent reward-set evaluations."""
+    if ctx.rl_rollouts is None:
+        raise ConfigError("random-search takes its candidate count from rl: run rl too")
+    res = random_search(
+        ctx.model, ctx.data.train, ctx.data.val, ctx.cfg, ctx.target, ctx.ft_steps,
+        max(1, ctx.rl_rollouts), hflip=ctx.data.hflip, device=ctx.device, progress=not ctx.quiet,
+    )  # fmt: skip
+    return MethodRun(res.model, res.kept, res.search_s, res.finetune_s, rollouts=res.candidates)
 
 
 def heuristic_runner(method: str) -> Runner:
