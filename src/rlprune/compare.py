@@ -61,6 +61,7 @@ from rlprune.compare_cells import (
 from rlprune.compare_report import (
     command_line,
     compare_table,
+    cpu_summary,
     machine_info,
     pareto_plot,
     summarize,
@@ -94,7 +95,9 @@ class Method:
 
     ``mac_targeted``: the runner must land within 2% of the target MACs (a miss is an error;
     otherwise only a warning and a † in the table). ``uses_rl_counts``: it reads
-    ``ctx.rl_counts`` or ``ctx.rl_rollouts`` (``rl`` then runs too). ``equal_finetune``: it
+    ``ctx.rl_counts`` (``rl`` then runs too). ``uses_rl_rollouts``: it reads
+    ``ctx.rl_rollouts``, the most reward-set evaluations any rl search of the cell spent (``rl``
+    runs too if no rl search was asked for). ``equal_finetune``: it
     spends exactly the equal budget of SGD steps (recorded as ``finetune_steps``): one cosine
     schedule (:func:`equal_fine_tune`), or tp-iterative's steps between its pruning steps, which
     it checks add up to the budget. The rl searches spend the same number by construction.
@@ -103,6 +106,7 @@ class Method:
     run: Runner
     mac_targeted: bool = False
     uses_rl_counts: bool = False
+    uses_rl_rollouts: bool = False
     equal_finetune: bool = True
 
 
@@ -117,7 +121,7 @@ REGISTRY: dict[str, Method] = {
     "bn-scale": Method(heuristic_runner("bn-scale"), mac_targeted=True),
     "l1-rl-ratios": Method(heuristic_runner("l1-rl-ratios"), uses_rl_counts=True),
     "tp-iterative": Method(run_tp_iterative, mac_targeted=True),
-    "random-search": Method(run_random_search, mac_targeted=True, uses_rl_counts=True),
+    "random-search": Method(run_random_search, mac_targeted=True, uses_rl_rollouts=True),
 }
 """Every comparison method, in the order they run (``rl`` first: others may use its counts)."""
 
@@ -262,6 +266,8 @@ def _setup(cfg: CompareConfig) -> _Setup:
 def _run_order(methods: Sequence[str]) -> list[str]:
     asked = list(methods)
     users = [m for m in asked if REGISTRY[m].uses_rl_counts]
+    searches = [m for m in asked if m.startswith("rl")]
+    users += [m for m in asked if REGISTRY[m].uses_rl_rollouts and not searches]
     if users and "rl" not in asked:
         log.info("%s use the counts rl chose: running rl too", ", ".join(users))
         asked.append("rl")
@@ -300,6 +306,7 @@ def _run_cell(method: str, ctx: CellContext, setup: _Setup) -> dict[str, Any]:
         finetune_steps=ctx.ft_steps if entry.equal_finetune else None,
         kept=res.kept,
         rollouts=res.rollouts,
+        cpu=cpu_summary(),  # cells of one table may come from different machines
     )
     msg = "%s, target %g, seed %d: test acc %.2f%%, MACs %.3f"
     log.info(msg, method, target, ctx.seed, row["test_acc"], ratio)
@@ -342,9 +349,10 @@ def compare(cfg: CompareConfig) -> CompareResult:
                 log.info("%s, target %g, seed %d: reusing its cell", method, target, seed)
                 reused += 1
             if method == "rl":
-                ctx = dataclasses.replace(
-                    ctx, rl_counts=dict(row["kept"]), rl_rollouts=row.get("rollouts")
-                )
+                ctx = dataclasses.replace(ctx, rl_counts=dict(row["kept"]))
+            if method.startswith("rl") and row.get("rollouts") is not None:
+                most = max(ctx.rl_rollouts or 0, int(row["rollouts"]))
+                ctx = dataclasses.replace(ctx, rl_rollouts=most)
     report = _report(cfg, setup, methods, store)
     text = compare_table(report)
     out = cfg.out

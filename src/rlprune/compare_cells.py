@@ -78,7 +78,7 @@ class CellContext:
     device: torch.device
     quiet: bool
     rl_counts: dict[str, int] | None = None
-    rl_rollouts: int | None = None  # reward-set evaluations rl's search spent (see run_rl)
+    rl_rollouts: int | None = None  # most reward-set evaluations an rl search spent here
 
     @property
     def seed(self) -> int:

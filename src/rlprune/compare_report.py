@@ -3,6 +3,7 @@ the ``compare.md`` table and ``pareto.png`` (matplotlib is imported only to plot
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shlex
@@ -46,8 +47,27 @@ def summarize(rows: list[dict[str, Any]], target: float) -> dict[str, Any]:
     }
 
 
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")  # what sets CPU kernel speed
+
+
+def cpu_summary() -> str:
+    """The CPU's model name and the vector-extension flags that decide its kernels' speed, e.g.
+    ``AMD EPYC (avx2 avx512f avx512_bf16)``: CPUs differ 3x in speed between machines here."""
+    model, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    return f"{model} ({' '.join(f for f in _CPU_FLAGS if f in flags) or 'no AVX2'})"
+
+
 def machine_info() -> dict[str, Any]:
     return {
+        "cpu": cpu_summary(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
