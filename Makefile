@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.rlprune-setup
 DATA_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test lint bench clean
+.PHONY: setup data demo test lint bench results clean
 
 setup: $(STAMP) data
 
@@ -43,6 +43,11 @@ bench: setup
 	$(BIN)/python bench/layout.py
 	$(BIN)/python bench/rollouts.py
 	$(BIN)/python bench/distributed.py
+
+# RL vs heuristics and peers (docs/RESULTS.md): hours on a 2-core CPU, resumable, split with
+# `$(BIN)/python bench/results.py run --model M --seed S`; finished cells land in docs/results/.
+results: setup
+	$(BIN)/python bench/results.py all
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
