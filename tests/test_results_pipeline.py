@@ -1,0 +1,64 @@
+"""bench/results.py collect: summary.json and the tables are exactly what the cells hold."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "results.py"
+
+
+@pytest.fixture
+def results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_results", BENCH)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "DOCS", tmp_path)
+    return mod
+
+
+def _cell(docs: Path, model: str, method: str, target: float, seed: int, acc: float) -> None:
+    row = {
+        "test_acc": acc,
+        "seed": seed,
+        "search_s": 10.0 * (seed + 1),
+        "finetune_s": 5.0,
+        "macs_within_tolerance": method != "late",
+        "cpu": "Test CPU (avx2)",
+    }
+    path = docs / "cells" / model / method / f"t{target:g}_s{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"fingerprint": {}, "row": row}))
+
+
+def test_collect_reports_every_seed_and_the_standard_error(
+    results: ModuleType, tmp_path: Path
+) -> None:
+    cfg: dict[str, Any] = {
+        "models": {"m": {}},
+        "targets": [0.5, 0.3],
+        "seeds": [0, 1, 2],
+        "methods": ["rl", "late"],
+    }
+    for seed, acc in enumerate([90.0, 91.0, 92.0]):
+        _cell(tmp_path, "m", "rl", 0.5, seed, acc)
+    _cell(tmp_path, "m", "late", 0.5, 0, 93.0)  # one seed so far, off its MAC target
+    _cell(tmp_path, "m", "rl", 0.5, 7, 50.0)  # a seed results.yaml does not name: ignored
+    results.cmd_collect(cfg)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["results"] == {"m": {"0.5": {"rl": [90.0, 91.0, 92.0], "late": [93.0]}}}
+    assert summary["seeds"]["m"]["0.5"]["rl"] == [0, 1, 2]
+    assert summary["machine"] == ["Test CPU (avx2)"]
+    assert "python bench/results.py run --model m --seed 2" in summary["commands"]
+    table = (tmp_path / "tables.md").read_text()
+    se = 1.0 / math.sqrt(3)  # stdev of 90, 91, 92 is 1
+    assert f"| rl | 91.00 ± {se:.2f} (n=3) | — |" in table
+    assert "| late | **93.00 (n=1)** † | — |" in table
+    assert "| rl | 20 / 5 | — |" in table  # mean search / fine-tune seconds
