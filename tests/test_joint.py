@@ -63,7 +63,7 @@ def _joint_cfg(lr: float, steps: int = 60) -> PruneConfig:
         agent=AgentConfig(lr=lr),
         reward=RewardConfig(mode="budget", target_macs=_half_macs() * 1.001),
         rollout=RolloutConfig(reward_set=200, calib_set=64, batch_size=100),
-        joint=JointConfig(steps=steps, samples=8, train_weights=False),
+        joint=JointConfig(steps=steps, samples=8, images=100, train_weights=False),
     )
 
 

@@ -138,7 +138,7 @@ def rollout_equivalents(res: PruneResult, cfg: PruneConfig) -> int:
     """Reward-set evaluations a search spent: rollouts times the images each one scored, in
     units of the whole reward set (the joint strategy scores slices of it)."""
     if cfg.strategy == "joint":
-        per = min(cfg.rollout.batch_size, cfg.rollout.reward_set) / cfg.rollout.reward_set
+        per = min(cfg.joint.images, cfg.rollout.reward_set) / cfg.rollout.reward_set
         return round(cfg.joint.steps * cfg.joint.samples * per)
     return sum(u.rollouts_scored for u in res.units)
 

@@ -194,18 +194,21 @@ class JointConfig:
     """The joint strategy: every unit at once (DECORE-style, Alwani et al. CVPR 2022).
 
     Each of ``steps`` episodes samples ``samples`` whole-network masks, scores them in one
-    batched pass on a slice of the reward set, updates the policy, and (``train_weights``)
+    batched pass on ``images`` images of the reward set (the same images for all of them, so
+    their differences are the masks'), updates the policy, and (``train_weights``)
     takes one SGD step of the network's weights under a sampled mask. Those steps are part of
     the fine-tune budget: the cut model then gets ``finetune_steps * units - steps`` more.
     """
 
-    steps: int = 300
+    steps: int = 200
     samples: int = 4
+    images: int = 100  # reward-set images each episode's masks are scored on (round robin)
     train_weights: bool = True
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "joint.steps", f"must be >= 1, got {self.steps}")
         _check(self.samples >= 2, "joint.samples", "must be >= 2 (a baseline needs two)")
+        _check(self.images >= 1, "joint.images", f"must be >= 1, got {self.images}")
 
 
 @dataclasses.dataclass(frozen=True)

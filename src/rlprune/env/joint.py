@@ -120,8 +120,8 @@ class JointEnv:
             hook.set(part)
 
     def next_slice(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next ``rollout.batch_size`` images of the reward set (round robin)."""
-        n, bs = len(self.reward_y), min(self.cfg.rollout.batch_size, len(self.reward_y))
+        """The next ``joint.images`` images of the reward set (round robin)."""
+        n, bs = len(self.reward_y), min(self.cfg.joint.images, len(self.reward_y))
         idx = (torch.arange(bs) + self._cursor) % n
         self._cursor = int((self._cursor + bs) % n)
         return self.reward_x[idx], self.reward_y[idx]
