@@ -19,9 +19,9 @@ from torch import nn
 from rlprune.config import PruneConfig, RolloutConfig
 from rlprune.data import Split
 from rlprune.errors import ConfigError, PruningError
-from rlprune.models import build_model
 from rlprune.peers import common, eagleeye, random_search, tp_iterative
 from rlprune.pruning import count_macs_params, find_units, remove_channels
+from tests.test_baselines import _model as baseline_model
 
 G = torch.Generator().manual_seed(0)
 TRAIN = Split(torch.randn(32, 1, 16, 16, generator=G), torch.arange(32) % 10)
@@ -36,17 +36,8 @@ CFG = PruneConfig(
 
 
 def _model(name: str, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    model = build_model(name, 1, 10, 16, width=0.25)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                assert m.running_mean is not None and m.running_var is not None
-                m.running_mean.normal_(0, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-    return model.eval()
+    """A width-0.25 zoo model with randomised BN statistics (the baselines tests' helper)."""
+    return baseline_model(name, 0.25, seed)
 
 
 def _budget(model: nn.Module, cfg: PruneConfig = CFG) -> int:
