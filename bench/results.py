@@ -218,8 +218,26 @@ def cmd_collect(cfg: dict[str, Any]) -> None:
     }
     DOCS.mkdir(parents=True, exist_ok=True)
     (DOCS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (DOCS / "tables.md").write_text(tables(cfg, cells) + "\n")
-    print(tables(cfg, cells))
+    text = tables(cfg, cells)
+    (DOCS / "tables.md").write_text(text + "\n")
+    _splice(DOCS.parent / "RESULTS.md", text)
+    print(text)
+
+
+START, END = "<!-- tables:start (bench/results.py collect) -->", "<!-- tables:end -->"
+
+
+def _splice(path: Path, text: str) -> None:
+    """Replace the generated block of ``path`` (between the markers) with ``text``; the
+    hand-written analysis around it stays."""
+    if not path.exists():
+        return
+    doc = path.read_text()
+    if START not in doc or END not in doc:
+        return
+    head, rest = doc.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    path.write_text(f"{head}{START}\n{text}\n{END}{tail}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,7 @@ def results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    monkeypatch.setattr(mod, "DOCS", tmp_path)
+    monkeypatch.setattr(mod, "DOCS", tmp_path / "results")
     return mod
 
 
@@ -47,17 +47,23 @@ def test_collect_reports_every_seed_and_the_standard_error(
         "seeds": [0, 1, 2],
         "methods": ["rl", "late"],
     }
+    docs = tmp_path / "results"
     for seed, acc in enumerate([90.0, 91.0, 92.0]):
-        _cell(tmp_path, "m", "rl", 0.5, seed, acc)
-    _cell(tmp_path, "m", "late", 0.5, 0, 93.0)  # one seed so far, off its MAC target
-    _cell(tmp_path, "m", "rl", 0.5, 7, 50.0)  # a seed results.yaml does not name: ignored
+        _cell(docs, "m", "rl", 0.5, seed, acc)
+    _cell(docs, "m", "late", 0.5, 0, 93.0)  # one seed so far, off its MAC target
+    _cell(docs, "m", "rl", 0.5, 7, 50.0)  # a seed results.yaml does not name: ignored
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text(f"# R\n{results.START}\nold\n{results.END}\nanalysis\n")
     results.cmd_collect(cfg)
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    text = doc.read_text()
+    assert "old" not in text and text.endswith(f"{results.END}\nanalysis\n")
+    assert "| rl | 91.00" in text
+    summary = json.loads((docs / "summary.json").read_text())
     assert summary["results"] == {"m": {"0.5": {"rl": [90.0, 91.0, 92.0], "late": [93.0]}}}
     assert summary["seeds"]["m"]["0.5"]["rl"] == [0, 1, 2]
     assert summary["machine"] == ["Test CPU (avx2)"]
     assert "python bench/results.py run --model m --seed 2" in summary["commands"]
-    table = (tmp_path / "tables.md").read_text()
+    table = (docs / "tables.md").read_text()
     se = 1.0 / math.sqrt(3)  # stdev of 90, 91, 92 is 1
     assert f"| rl | 91.00 ± {se:.2f} (n=3) | — |" in table
     assert "| late | **93.00 (n=1)** † | — |" in table
