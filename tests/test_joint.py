@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from rlprune.config import AgentConfig, JointConfig, PruneConfig, RewardConfig, RolloutConfig
+from rlprune.config import JointConfig, PruneConfig, RewardConfig, RolloutConfig
 from rlprune.errors import ConfigError
 from rlprune.pruning import count_macs_params, find_units, remove_channels
 from rlprune.search import prune
@@ -60,10 +60,9 @@ def _joint_cfg(lr: float, steps: int = 60) -> PruneConfig:
         final_finetune_epochs=0,
         min_keep=1,
         latency_runs=3,
-        agent=AgentConfig(lr=lr),
         reward=RewardConfig(mode="budget", target_macs=_half_macs() * 1.001),
         rollout=RolloutConfig(reward_set=200, calib_set=64, batch_size=100),
-        joint=JointConfig(steps=steps, samples=8, images=100, train_weights=False),
+        joint=JointConfig(steps=steps, samples=8, images=100, lr=lr, train_weights=False),
     )
 
 
@@ -105,3 +104,22 @@ def test_joint_lands_on_the_mac_target_with_learnt_allocation(tmp_path: Path) ->
 def test_joint_needs_a_mac_target() -> None:
     with pytest.raises(ConfigError, match="joint needs a MAC target"):
         PruneConfig(strategy="joint")
+
+
+def test_training_under_a_mask_leaves_masked_bn_statistics_alone() -> None:
+    from rlprune.env import JointEnv
+
+    model, data = DecoyNet(), toy_split(64, 0)
+    cfg = _joint_cfg(lr=0.05)
+    env = JointEnv(
+        model, (data.images, data.labels), (data.images, data.labels), data.images[:1], cfg, 1
+    )
+    before_mean, before_var = model.bn.running_mean.clone(), model.bn.running_var.clone()
+    mask = torch.tensor([1.0, 0.0] * 4)  # odd channels masked
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    env.train_step(mask, data.images, data.labels, opt)
+    assert torch.equal(model.bn.running_var[1::2], before_var[1::2])
+    assert torch.equal(model.bn.running_mean[1::2], before_mean[1::2])
+    assert not torch.equal(model.bn.running_mean[0::2], before_mean[0::2])  # kept ones learn
+    assert not model.training
+    env.close()

@@ -203,12 +203,16 @@ class JointConfig:
     steps: int = 200
     samples: int = 4
     images: int = 100  # reward-set images each episode's masks are scored on (round robin)
+    # Adam step of the joint policy: lower than a unit's (agent.lr), because its many episodes
+    # would otherwise drive every keep probability to 0 or 1 within a few dozen of them.
+    lr: float = 0.01
     train_weights: bool = True
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "joint.steps", f"must be >= 1, got {self.steps}")
         _check(self.samples >= 2, "joint.samples", "must be >= 2 (a baseline needs two)")
         _check(self.images >= 1, "joint.images", f"must be >= 1, got {self.images}")
+        _check(self.lr > 0, "joint.lr", f"must be > 0, got {self.lr}")
 
 
 @dataclasses.dataclass(frozen=True)

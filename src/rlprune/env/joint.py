@@ -170,7 +170,13 @@ class JointEnv:
     def train_step(
         self, mask: torch.Tensor, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer
     ) -> float:
-        """One SGD step of the network's weights under ``mask [N]``; returns the loss."""
+        """One SGD step of the network's weights under ``mask [N]``; returns the loss.
+
+        A masked channel's BN sees an all-zero batch, whose statistics would drag its running
+        variance towards 0; the next mask that keeps the channel would then divide by ~0 in
+        eval mode. So the running statistics of masked channels are left as they were.
+        """
+        frozen = self._masked_bn_stats(mask)
         self.model.train()
         self.set_masks(mask)
         try:
@@ -181,7 +187,28 @@ class JointEnv:
         finally:
             self.set_masks(None)
             self.model.eval()
+            with torch.no_grad():
+                for bn, drop, mean, var in frozen:
+                    bn.running_mean[drop] = mean  # type: ignore[index]
+                    bn.running_var[drop] = var  # type: ignore[index]
         return float(loss.detach())
+
+    def _masked_bn_stats(
+        self, mask: torch.Tensor
+    ) -> list[tuple[nn.BatchNorm2d, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``(bn, masked channels, their running mean, their running var)`` for every BN
+        among the units' producers."""
+        mods = dict(self.model.named_modules())
+        out = []
+        for unit, part in zip(self.units, self.split(mask), strict=True):
+            drop = torch.nonzero(part == 0).flatten()
+            for name in unit.producers:
+                bn = mods[name]
+                if isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None:
+                    assert bn.running_var is not None
+                    idx = drop.to(bn.running_mean.device)
+                    out.append((bn, idx, bn.running_mean[idx].clone(), bn.running_var[idx].clone()))
+        return out
 
     def project(self, logits: torch.Tensor, iters: int = 60) -> torch.Tensor:
         """The deterministic mask ``[N]`` that lands on the MAC target: a common shift ``d`` of

@@ -12,6 +12,7 @@ the filters are cut and the model is fine-tuned for the rest of the budget.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -42,7 +43,8 @@ def joint(s: Session) -> list[UnitRecord]:
     env = JointEnv(
         s.model, (s.env.reward_x, s.env.reward_y), s.env.calib, s.example, s.cfg, s.baseline.macs
     )
-    agent = JointAgent(s.cfg.agent, env.owner, len(env.units), seed=s.cfg.seed)
+    agent_cfg = dataclasses.replace(s.cfg.agent, lr=s.cfg.joint.lr)
+    agent = JointAgent(agent_cfg, env.owner, len(env.units), seed=s.cfg.seed)
     finished = s.runtime.load_walk(s.model, agent)
     if finished:  # the search, cut and fine-tune of a killed run are done: keep them
         env.close()
