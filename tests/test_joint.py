@@ -35,7 +35,7 @@ class DecoyNet(nn.Module):
             self.classifier.weight.zero_()
             for k in range(4):
                 self.conv.weight[k, k] = 0.5
-                self.classifier.weight[k, k] = 1.0
+                self.classifier.weight[k, k] = 20.0  # confident: the loss tells as the accuracy
                 self.bn.weight[k] = 0.5
             self.conv.weight[4:] = 3.0
             self.bn.weight[4:] = 3.0
@@ -53,7 +53,7 @@ def _half_macs() -> float:
     return count_macs_params(model, x)[0] / full
 
 
-def _joint_cfg(lr: float, steps: int = 60) -> PruneConfig:
+def _joint_cfg(lr: float, steps: int = 60, signal: str = "loss") -> PruneConfig:
     return PruneConfig(
         strategy="joint",
         finetune_steps=0,
@@ -62,7 +62,9 @@ def _joint_cfg(lr: float, steps: int = 60) -> PruneConfig:
         latency_runs=3,
         reward=RewardConfig(mode="budget", target_macs=_half_macs() * 1.001),
         rollout=RolloutConfig(reward_set=200, calib_set=64, batch_size=100),
-        joint=JointConfig(steps=steps, samples=8, images=100, lr=lr, train_weights=False),
+        joint=JointConfig(
+            steps=steps, samples=8, images=100, lr=lr, signal=signal, train_weights=False
+        ),
     )
 
 
@@ -74,8 +76,9 @@ def _run(cfg: PruneConfig, out: Path) -> tuple[list[int], float]:
     return unit.kept, float(res.pruned.test_acc or 0.0)
 
 
-def test_joint_agent_finds_planted_filters_the_prior_misses(tmp_path: Path) -> None:
-    kept, acc = _run(_joint_cfg(lr=0.05), tmp_path / "learn")
+@pytest.mark.parametrize("signal", ["loss", "accuracy"])
+def test_joint_agent_finds_planted_filters_the_prior_misses(tmp_path: Path, signal: str) -> None:
+    kept, acc = _run(_joint_cfg(lr=0.05, signal=signal), tmp_path / "learn")
     assert kept == [0, 1, 2, 3]
     assert acc == 100.0
 

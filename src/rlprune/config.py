@@ -42,6 +42,7 @@ Efficiency = Literal["macs", "filters"]
 Precision = Literal["fp32", "bf16"]
 WalkOrder = Literal["forward", "reverse", "macs"]
 SearchStrategy = Literal["layerwise", "joint"]
+JointSignal = Literal["loss", "accuracy"]
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -206,6 +207,9 @@ class JointConfig:
     # Adam step of the joint policy: lower than a unit's (agent.lr), because its many episodes
     # would otherwise drive every keep probability to 0 or 1 within a few dozen of them.
     lr: float = 0.01
+    # The accuracy term of the budget reward: "loss" uses 100 x the masks' cross-entropy on the
+    # scored images (a finer signal than "accuracy", their top-1 accuracy in %).
+    signal: JointSignal = "loss"
     train_weights: bool = True
 
     def __post_init__(self) -> None:
@@ -213,6 +217,7 @@ class JointConfig:
         _check(self.samples >= 2, "joint.samples", "must be >= 2 (a baseline needs two)")
         _check(self.images >= 1, "joint.images", f"must be >= 1, got {self.images}")
         _check(self.lr > 0, "joint.lr", f"must be > 0, got {self.lr}")
+        _check_choice(self.signal, JointSignal, "joint.signal")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -140,9 +140,16 @@ class JointEnv:
             self.set_masks(None)
         correct = (logits.argmax(1) == y.repeat(k)).view(k, b).double()
         accs = 100.0 * correct.mean(1)
+        if self.cfg.joint.signal == "loss":
+            # 100 x cross-entropy: on 100 images the accuracies of K masks differ mostly by a
+            # few flipped predictions, their losses by how sure every prediction is
+            ce = F.cross_entropy(logits.double(), y.repeat(k), reduction="none").view(k, b)
+            drop = 100.0 * ce.mean(1)
+        else:
+            drop = 100.0 - accs
         macs = self.macs(masks)
         rc = self.cfg.reward
-        rewards = budget_reward(100.0 - accs, macs, self.target, rc.budget_penalty, rc.budget_under)
+        rewards = budget_reward(drop, macs, self.target, rc.budget_penalty, rc.budget_under)
         return JointBatch(rewards.float(), accs.float(), macs)
 
     @torch.no_grad()
