@@ -82,19 +82,21 @@ def cmd_run(cfg: dict[str, Any], models: list[str], seeds: list[int]) -> None:
             _sync(committed, out / "cells")  # go on where the last session stopped
         for seed in seeds:
             prune = load_config(PruneConfig, None, [*cfg.get("set", []), f"seed={seed}"])
-            cc = CompareConfig(
-                checkpoint=baseline_path(name),
-                dataset=cfg["dataset"],
-                out=out,
-                targets=tuple(cfg["targets"]),
-                seeds=1,
-                methods=tuple(cfg["methods"]),
-                prune=prune,
-                quiet=not sys.stderr.isatty(),
-            )
-            res = compare(cc)
-            _sync(out / "cells", committed)
-            print(f"{name} seed {seed}: {res.cells_run} cells run, {res.cells_reused} reused")
+            for target in cfg["targets"]:  # one target at a time: its cells land in docs/ soon
+                cc = CompareConfig(
+                    checkpoint=baseline_path(name),
+                    dataset=cfg["dataset"],
+                    out=out,
+                    targets=(float(target),),
+                    seeds=1,
+                    methods=tuple(cfg["methods"]),
+                    prune=prune,
+                    quiet=not sys.stderr.isatty(),
+                )
+                res = compare(cc)
+                _sync(out / "cells", committed)
+                done = f"{res.cells_run} cells run, {res.cells_reused} reused"
+                print(f"{name} seed {seed} target {target:g}: {done}", flush=True)
 
 
 def _cells(cfg: dict[str, Any]) -> dict[str, dict[str, dict[str, list[dict[str, Any]]]]]:
