@@ -228,3 +228,20 @@ def test_config_coerces_paths_and_sequences(checkpoint: Path, tmp_path: Path) ->
     assert cfg.seed_list == [0, 1, 2]
     cell = cfg.cell_config(0.3, 2)
     assert (cell.seed, cell.reward.mode, cell.reward.target_macs) == (2, "budget", 0.3)
+
+
+def test_a_cell_that_predates_a_config_field_is_reused(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _counting(monkeypatch)
+    cfg = _cfg(checkpoint, tmp_path, methods=("l1-uniform",))
+    compare(cfg)
+    cell = tmp_path / "cells" / "l1-uniform" / "t0.5_s0.json"
+    data = json.loads(cell.read_text())
+    del data["fingerprint"]["config"]["joint"]["signal"]  # as if written before the field
+    cell.write_text(json.dumps(data))
+    assert compare(cfg).cells_reused == 1 and calls == {"l1-uniform": 1}
+    data["fingerprint"]["config"]["joint"]["lr"] = 0.5  # a value that differs still counts
+    cell.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"config\.joint\.lr: 0\.5 in the cell"):
+        compare(cfg)

@@ -236,8 +236,13 @@ def _flat(d: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def _first_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """The first key whose value differs, or None. A search-config key the cell predates (a
+    field added to the config since) does not count: the cell's method ran without it. A change
+    that alters a method's behaviour must be made under a new key or the cells removed."""
     a, b = dict(_flat(old)), dict(_flat(new))
     for key in sorted(a.keys() | b.keys()):
+        if key not in a and key.startswith("config."):
+            continue
         if a.get(key) != b.get(key):
             return (
                 f"{key}: {a.get(key, '<missing>')!r} in the cell, {b.get(key, '<missing>')!r} now"
