@@ -102,6 +102,9 @@ def test_joint_lands_on_the_mac_target_with_learnt_allocation(tmp_path: Path) ->
     assert ratio <= cfg.reward.target_macs * 1.02
     assert [u.unit for u in res.units] == ["conv1", "conv2"]
     assert all(u.chosen == "joint" and u.updates == 20 for u in res.units)
+    report = (tmp_path / "two" / "report.md").read_text()
+    start, end = res.units[0].det_reward_start, res.units[0].det_reward
+    assert start is not None and f"{start:.3f} → {end:.3f}" in report
 
 
 def test_joint_needs_a_mac_target() -> None:

@@ -150,9 +150,12 @@ def write_report(run_dir: str | Path) -> Path:
     ]
     for i, u in enumerate(units):
         acc = "—" if u["rollout_acc"] is None else f"{u['rollout_acc']:.2f}%"
+        reward = f"{u['reward']:.3f}"
+        if u.get("det_reward_start") is not None:  # the deterministic policy, start -> end
+            reward = f"{u['det_reward_start']:.3f} → {u['det_reward']:.3f}"
         lines.append(
             f"| {i} | `{u['unit']}` | {u['channels_before']} → {u['channels_after']} | "
-            f"{u['chosen']} | {u['reward']:.3f} | {acc} | {u['val_acc']:.2f}% | "
+            f"{u['chosen']} | {reward} | {acc} | {u['val_acc']:.2f}% | "
             f"{u['macs'] / base['macs']:.1%} | "
             f"{u.get('rollouts_scored', '—')} ({u.get('rollouts_reused', '—')}) | "
             f"{u.get('agent_s', float('nan')):.0f} | "

@@ -96,6 +96,7 @@ def joint(s: Session) -> list[UnitRecord]:
                 reward_set_stderr=0.0,
                 agent_s=agent_s / len(env.units),
                 finetune_s=(time.perf_counter() - t1) / len(env.units),
+                det_reward_start=float(start.rewards[0]),
             )
         )
     s.runtime.save_walk(s.model, records, agent)

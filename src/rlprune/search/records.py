@@ -111,6 +111,9 @@ class UnitRecord:
     reward_set_stderr: float
     agent_s: float  # wall seconds of this process (a resumed unit counts its resumed part)
     finetune_s: float
+    # reward of the deterministic policy before any learning (joint: its projected mask on the
+    # reward set), so the report shows whether the policy improved; None where not measured
+    det_reward_start: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
