@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,35 @@ def test_training_under_a_mask_leaves_masked_bn_statistics_alone() -> None:
     assert not torch.equal(model.bn.running_mean[0::2], before_mean[0::2])  # kept ones learn
     assert not model.training
     env.close()
+
+
+def test_levels_start_at_the_requested_allocation() -> None:
+    from rlprune.env import JointEnv
+    from rlprune.env.joint import initial_levels
+    from tests.test_search_pin import TwoUnitToy
+
+    model, data = TwoUnitToy(), toy_split(64, 0)
+    cfg = _joint_cfg(lr=0.05)
+    env = JointEnv(
+        model, (data.images, data.labels), (data.images, data.labels), data.images[:1], cfg, 1
+    )
+    logits = torch.linspace(-2.0, 2.0, env.n_filters)
+    for ratios in ([0.25, 0.75], None):
+        levels = initial_levels(env, logits, ratios)
+        parts = zip(env.split(logits), levels, strict=True)
+        keep = [float(torch.sigmoid(p + lv).mean()) for p, lv in parts]
+        if ratios is not None:
+            assert keep == pytest.approx(ratios, abs=1e-4)
+        else:  # uniform: equal ratios whose expected MACs sit on the target
+            assert keep[0] == pytest.approx(keep[1], abs=1e-4)
+    env.close()
+
+
+def test_joint_can_start_from_global_magnitude(tmp_path: Path) -> None:
+    cfg = _joint_cfg(lr=0.05, steps=4)
+    cfg = dataclasses.replace(cfg, joint=dataclasses.replace(cfg.joint, init="global-magnitude"))
+    res = prune(
+        DecoyNet(), toy_split(256, 0), toy_split(200, 1), cfg, test=toy_split(200, 2),
+        out_dir=tmp_path / "gm",
+    )  # fmt: skip
+    assert res.pruned.macs / res.baseline.macs <= cfg.reward.target_macs * 1.02

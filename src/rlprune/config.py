@@ -43,6 +43,7 @@ Precision = Literal["fp32", "bf16"]
 WalkOrder = Literal["forward", "reverse", "macs"]
 SearchStrategy = Literal["layerwise", "joint"]
 JointSignal = Literal["loss", "accuracy"]
+JointInit = Literal["uniform", "global-magnitude"]
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -210,6 +211,9 @@ class JointConfig:
     # The accuracy term of the budget reward: "loss" uses 100 x the masks' cross-entropy on the
     # scored images (a finer signal than "accuracy", their top-1 accuracy in %).
     signal: JointSignal = "loss"
+    # Where the per-unit keep levels start: the uniform allocation on the MAC target, or the
+    # allocation global-magnitude ranking picks (learning then starts from that heuristic).
+    init: JointInit = "uniform"
     train_weights: bool = True
 
     def __post_init__(self) -> None:
@@ -218,6 +222,7 @@ class JointConfig:
         _check(self.images >= 1, "joint.images", f"must be >= 1, got {self.images}")
         _check(self.lr > 0, "joint.lr", f"must be > 0, got {self.lr}")
         _check_choice(self.signal, JointSignal, "joint.signal")
+        _check_choice(self.init, JointInit, "joint.init")
 
 
 @dataclasses.dataclass(frozen=True)

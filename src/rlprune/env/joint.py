@@ -264,23 +264,32 @@ class JointEnv:
         self._masks = []
 
 
-def initial_levels(env: JointEnv, state_logits: torch.Tensor, iters: int = 40) -> torch.Tensor:
-    """Per-unit logit offsets ``[U]`` that start the policy at the uniform allocation: every
-    unit's expected keep ratio equal, and the expected MACs on the target (the point uniform
-    L1 pruning, Li et al. 2017, would pick); learning then moves units away from it."""
+def initial_levels(
+    env: JointEnv,
+    state_logits: torch.Tensor,
+    ratios: list[float] | None = None,
+    iters: int = 40,
+) -> torch.Tensor:
+    """Per-unit logit offsets ``[U]`` that start each unit's expected keep ratio at
+    ``ratios``; by default at the uniform allocation, every unit's ratio equal and the expected
+    MACs on the target (the point uniform L1 pruning, Li et al. 2017, would pick). Learning then
+    moves units away from it."""
     parts = env.split(state_logits.detach().float())
     names = [u.name for u in env.units]
 
-    def offsets(ratio: float) -> torch.Tensor:
-        r = min(max(ratio, 1e-4), 1 - 1e-4)
+    def offsets(unit_ratios: list[float]) -> torch.Tensor:
         out = []
-        for part in parts:
+        for part, ratio in zip(parts, unit_ratios, strict=True):
+            r = min(max(ratio, 1e-4), 1 - 1e-4)
             lo, hi = -30.0, 30.0  # shift so that mean(sigmoid(part + s)) = r
             for _ in range(iters):
                 mid = (lo + hi) / 2
                 lo, hi = (mid, hi) if float(torch.sigmoid(part + mid).mean()) < r else (lo, mid)
             out.append((lo + hi) / 2)
         return torch.tensor(out)
+
+    if ratios is not None:
+        return offsets(ratios)
 
     def macs_at(ratio: float) -> float:
         counts = {n: max(1, round(ratio * c)) for n, c in zip(names, env.sizes, strict=True)}
@@ -292,4 +301,4 @@ def initial_levels(env: JointEnv, state_logits: torch.Tensor, iters: int = 40) -
         lo, hi = (mid, hi) if macs_at(mid) < env.target else (lo, mid)
     if math.isclose(lo, 0.0):
         log.warning("MAC target %.3g is below what one channel per unit costs", env.target)
-    return offsets((lo + hi) / 2)
+    return offsets([(lo + hi) / 2] * len(parts))

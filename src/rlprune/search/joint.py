@@ -12,6 +12,7 @@ the filters are cut and the model is fine-tuned for the rest of the budget.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 import torch
 
 from rlprune.agent.joint import JointAgent
+from rlprune.baselines import prune_to_target
 from rlprune.env.joint import JointEnv, initial_levels
 from rlprune.errors import ConfigError
 from rlprune.pruning import count_macs_params
@@ -51,7 +53,7 @@ def joint(s: Session) -> list[UnitRecord]:
         return finished
     t0 = time.perf_counter()
     state = env.state()  # [N, D]
-    agent.set_levels(initial_levels(env, agent.base_logits(state)))
+    agent.set_levels(initial_levels(env, agent.base_logits(state), start_ratios(s, env)))
     start = env.score_full(env.project(agent.logits(state)))
     trained = train_jointly(s, env, agent, state)
     mask = env.project(agent.logits(state))
@@ -101,6 +103,21 @@ def joint(s: Session) -> list[UnitRecord]:
         )
     s.runtime.save_walk(s.model, records, agent)
     return records
+
+
+def start_ratios(s: Session, env: JointEnv) -> list[float] | None:
+    """Per-unit keep ratios the policy starts from: None (uniform) or, with
+    ``joint.init=global-magnitude``, the allocation that ranking torch-pruning's normalised
+    group magnitudes across units picks for the target (the strongest heuristic here)."""
+    if s.cfg.joint.init == "uniform":
+        return None
+    cfg = s.cfg
+    copy_ = copy.deepcopy(s.model)
+    kept = prune_to_target(
+        copy_, "global-magnitude", cfg.reward.target_macs, s.example,
+        min_keep=cfg.min_keep, exclude=cfg.exclude,
+    )  # fmt: skip
+    return [kept[u.name] / u.channels for u in env.units]
 
 
 def train_jointly(s: Session, env: JointEnv, agent: JointAgent, state: torch.Tensor) -> int:
