@@ -25,6 +25,7 @@ from rlprune.baselines import prune_to_target
 from rlprune.env.joint import JointEnv, initial_levels
 from rlprune.errors import ConfigError
 from rlprune.pruning import count_macs_params
+from rlprune.rollouts import accuracy_stderr
 from rlprune.search.records import UnitRecord
 from rlprune.search.runtime import derive_seed
 from rlprune.search.session import FINETUNE_STREAM, Session
@@ -95,7 +96,7 @@ def joint(s: Session) -> list[UnitRecord]:
                 val_acc=val_acc,
                 macs=macs,
                 params=params,
-                reward_set_stderr=0.0,
+                reward_set_stderr=accuracy_stderr(s.base_acc, len(env.reward_y)),
                 agent_s=agent_s / len(env.units),
                 finetune_s=(time.perf_counter() - t1) / len(env.units),
                 det_reward_start=float(start.rewards[0]),
