@@ -147,6 +147,10 @@ class JointEnv:
             drop = 100.0 * ce.mean(1)
         else:
             drop = 100.0 - accs
+        return self._batch(drop, accs, masks)
+
+    def _batch(self, drop: torch.Tensor, accs: torch.Tensor, masks: torch.Tensor) -> JointBatch:
+        """Budget rewards of masks ``[K, N]`` from their drops and accuracies ``[K]``."""
         macs = self.macs(masks)
         rc = self.cfg.reward
         rewards = budget_reward(drop, macs, self.target, rc.budget_penalty, rc.budget_under)
@@ -169,10 +173,7 @@ class JointEnv:
         finally:
             self.set_masks(None)
         accs = torch.tensor([100.0 * correct / len(self.reward_y)], dtype=torch.float64)
-        macs = self.macs(mask[None])
-        rc = self.cfg.reward
-        rewards = budget_reward(100.0 - accs, macs, self.target, rc.budget_penalty, rc.budget_under)
-        return JointBatch(rewards.float(), accs.float(), macs)
+        return self._batch(100.0 - accs, accs, mask[None])
 
     def train_step(
         self, mask: torch.Tensor, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import torch
 
+from rlprune.agent import sample_masks
 from rlprune.agent.joint import JointAgent
 from rlprune.baselines import prune_to_target
 from rlprune.env.joint import JointEnv, initial_levels
@@ -134,7 +135,7 @@ def train_jointly(s: Session, env: JointEnv, agent: JointAgent, state: torch.Ten
     trained = 0
     for step in range(cfg.joint.steps):
         probs = torch.sigmoid(agent.logits(state))
-        masks = (torch.rand(k, probs.numel(), generator=gen) < probs).float()  # [K, N]
+        masks = sample_masks(probs, k, gen)  # [K, N]
         batch = env.score(masks)
         stats = agent.update(state, masks, batch.rewards)
         if cfg.joint.train_weights:
