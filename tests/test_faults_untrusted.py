@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import rlprune
+from rlprune.config_load import _NoAliasLoader
 from rlprune.errors import RlpruneError
 from rlprune.runstate import RunDir
 from tests.faultkit import (
@@ -66,7 +68,7 @@ def _kw(call: ast.Call, name: str) -> object:
 
 def test_every_load_in_src_is_safe() -> None:
     """torch.load only with weights_only=True; no raw pickle/yaml.load; no allow_pickle."""
-    torch_loads = 0
+    torch_loads = yaml_loads = 0
     problems = []
     for path in sorted(SRC.rglob("*.py")):
         for name, call in _calls(ast.parse(path.read_text(), str(path))):
@@ -75,6 +77,8 @@ def test_every_load_in_src_is_safe() -> None:
                 torch_loads += 1
                 if _kw(call, "weights_only") is not True:
                     problems.append(where + " without weights_only=True")
+            elif name == "yaml.load" and ast.unparse(call.keywords[0].value) == "_NoAliasLoader":
+                yaml_loads += 1  # a SafeLoader subclass (asserted below)
             elif name in ("pickle.load", "pickle.loads", "yaml.load", "yaml.unsafe_load"):
                 problems.append(where)
             elif name in ("np.load", "numpy.load") and _kw(call, "allow_pickle") not in (
@@ -86,6 +90,7 @@ def test_every_load_in_src_is_safe() -> None:
                 problems.append(where)
     assert problems == []
     assert torch_loads >= 2  # the audit sees checkpoint.py and runstate.py
+    assert yaml_loads == 1 and issubclass(_NoAliasLoader, yaml.SafeLoader)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -98,7 +103,8 @@ def test_malicious_checkpoint_is_refused(
     bad = _evil(tmp_path / "evil.pt", marker, spec=ckpt["spec"], state_dict=ckpt["state_dict"])
     extra = ["--dataset", "digits"] if command == "eval" else []
     proc = run_cli(command, "--checkpoint", bad, *extra)
-    assert_one_error_line(proc, "is not a safe rlprune checkpoint", "refused to unpickle")
+    line = assert_one_error_line(proc, "holds code", "io.open", "was refused")
+    assert "weights_only" not in proc.stderr and "pickle" not in line  # no unsafe advice
     assert not marker.exists()
 
 
@@ -108,7 +114,7 @@ def test_malicious_checkpoint_to_prune_writes_nothing(tmp_path: Path, capsys) ->
     proc = run_main(
         capsys, "prune", "--checkpoint", bad, "--dataset", "digits", "--out", out, "--quiet"
     )
-    assert_one_error_line(proc, "refused to unpickle")
+    assert_one_error_line(proc, "holds code", "was refused")
     assert not marker.exists() and not out.exists()
 
 
@@ -144,7 +150,7 @@ def _tamper(ckpt: dict, case: str) -> object:
         ("version-99", "unsupported checkpoint version"),
         ("a-tensor", "not an rlprune checkpoint"),
         ("truncated", "not a readable checkpoint"),
-        ("random-bytes", "not a readable checkpoint (bad pickle"),
+        ("random-bytes", "not a readable checkpoint (corrupt pickle"),
         ("empty", "not a readable checkpoint"),
     ],
 )
@@ -195,7 +201,8 @@ def test_malicious_state_files_are_refused_on_resume(
     for path in poisoned:
         refused = [ln for ln in proc.stderr.splitlines() if f"{path} " in ln]
         assert len(refused) == 1, proc.stderr
-        assert "not a safe state file (refused to unpickle" in refused[0]
+        assert "holds code (it asks to import io.open) and was refused" in refused[0]
+        assert "weights_only" not in refused[0]
     assert "Traceback" not in proc.stderr
     assert report_masks(out) == report_masks(finished_run)
 

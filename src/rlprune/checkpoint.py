@@ -25,8 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlprune.errors import CheckpointError, RlpruneError
+from rlprune.errors import CheckpointError, RlpruneError, short_repr
 from rlprune.models import ModelSpec, is_channels_last, set_layout
+from rlprune.safefs import refuse_link
 
 __all__ = [
     "FORMAT",
@@ -34,7 +35,9 @@ __all__ = [
     "atomic_write",
     "capture_shapes",
     "load_checkpoint",
+    "check_shrinks",
     "load_model",
+    "refusal_message",
     "save_checkpoint",
     "unpickling_refusal",
 ]
@@ -46,12 +49,15 @@ VERSION = 1
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
     """Write a file via a temp file in the same directory + fsync + rename.
 
-    A crash at any moment leaves either the old file or the new one, never a partial file.
+    A crash at any moment leaves either the old file or the new one, never a partial file. A
+    symbolic link in the file's place (or as its folder) is refused, never written through.
 
     Raises:
-        RlpruneError: the directory is missing, read-only or full (one clear line).
+        RlpruneError: the directory is missing, read-only or full (one clear line), or a link
+            stands where the file goes.
     """
     path = Path(path)
+    refuse_link(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -62,29 +68,55 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # replaces a link planted meanwhile, never its target
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise RlpruneError(f"cannot write {path}: {e.strerror}") from e
+            raise RlpruneError(f"cannot write {path}: {e.strerror or e}") from e
+        if isinstance(e, RuntimeError) and "write" in str(e).lower():
+            # torch.save reports a full disk as RuntimeError("... file write failed")
+            raise RlpruneError(
+                f"cannot write {path}: writing failed, is the disk full? ({_first_line(e)})"
+            ) from e
         raise
     return path
 
 
-def unpickling_refusal(e: pickle.UnpicklingError) -> tuple[bool, str]:
-    """``(unsafe, reason)`` from a ``torch.load(weights_only=True)`` failure.
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:200] if lines else type(e).__name__
 
-    torch's message runs to a page, carries ANSI escapes and suggests ``weights_only=False``
-    (the unsafe way out); the one useful sentence follows ``WeightsUnpickler error:``.
-    ``unsafe`` is True when the file asks for a global (code) rather than being garbled.
+
+def unpickling_refusal(e: pickle.UnpicklingError) -> tuple[bool, str]:
+    """``(holds_code, reason)`` from a ``torch.load(weights_only=True)`` failure.
+
+    ``holds_code`` is True when the pickle asks to import a global (a function or class: code)
+    rather than being garbled; ``reason`` then names that global. torch's own message runs to a
+    page and suggests ``weights_only=False``, the unsafe way out: none of it is passed on.
     """
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    found = re.search(r"GLOBAL ([\w.<>]+)", text)
+    if found:
+        return True, f"it asks to import {found.group(1)[:100]}"
     _, marker, tail = text.partition("WeightsUnpickler error:")
-    reason = " ".join((tail if marker else text).split())
-    for cut in (" Please use", " Check the documentation"):
+    reason = " ".join((tail if marker else "").split())
+    for cut in (" Please", " Check the documentation"):
         reason = reason.split(cut)[0]
-    reason = reason.rstrip(". ")[:200] or type(e).__name__
-    return "global" in reason.lower(), reason
+    return False, reason.rstrip(". ")[:200] or "not a valid pickle"
+
+
+def refusal_message(path: str | Path, e: pickle.UnpicklingError, what: str) -> str:
+    """One line for an unpickling failure of ``path`` (``what``: "checkpoint", "state file").
+
+    A file that holds code is named as such: it was refused, and nothing in it ran.
+    """
+    holds_code, reason = unpickling_refusal(e)
+    if holds_code:
+        return (
+            f"{path} holds code ({reason}) and was refused: an rlprune {what} holds only "
+            "tensors and plain values, and rlprune never runs code from a file"
+        )
+    return f"{path} is not a readable {what} (corrupt pickle: {reason})"
 
 
 def capture_shapes(model: nn.Module) -> dict[str, list[int]]:
@@ -181,18 +213,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        unsafe, reason = unpickling_refusal(e)
-        if unsafe:
-            raise CheckpointError(
-                f"{path} is not a safe rlprune checkpoint (refused to unpickle: {reason})"
-            ) from e
-        raise CheckpointError(f"{path} is not a readable checkpoint (bad pickle: {reason})") from e
+        raise CheckpointError(refusal_message(path, e, "checkpoint")) from e
     except Exception as e:  # torch raises RuntimeError/EOFError/... for corrupt zips
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__})") from e
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an rlprune checkpoint (no '{FORMAT}' header)")
     if obj.get("version") != VERSION:
-        raise CheckpointError(f"{path}: unsupported checkpoint version {obj.get('version')!r}")
+        raise CheckpointError(
+            f"{path}: unsupported checkpoint version {short_repr(obj.get('version'))}"
+        )
     if not isinstance(obj.get("state_dict"), dict):
         raise CheckpointError(f"{path}: checkpoint has no state dict")
     for key in ("spec", "meta"):
@@ -210,10 +239,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return obj
 
 
-def _check_shrinks(model: nn.Module, shapes: dict[str, list[int]], path: Path) -> None:
+def check_shrinks(model: nn.Module, shapes: dict[str, list[int]], path: str | Path) -> None:
     """A pruned file only ever narrows layers: refuse widths beyond the unpruned model's.
 
-    Stops a crafted file from making :func:`apply_shapes` allocate absurd tensors.
+    Stops a crafted checkpoint or state file from making :func:`apply_shapes` allocate absurd
+    tensors.
     """
     current = capture_shapes(model)
     for name, shape in shapes.items():
@@ -222,15 +252,56 @@ def _check_shrinks(model: nn.Module, shapes: dict[str, list[int]], path: Path) -
             continue  # apply_shapes names the unknown layer
         if len(shape) != len(ref) or any(s > r for s, r in zip(shape[:2], ref[:2], strict=False)):
             raise CheckpointError(
-                f"{path}: stored shape {list(shape)} of layer {name} exceeds the "
-                f"architecture's {ref}"
+                f"{path}: stored shape {short_repr(list(shape))} of layer {name[:80]} exceeds "
+                f"the architecture's {ref}"
             )
+
+
+# Bounds of a stored zoo spec, checked before anything is built from it.
+MAX_CLASSES = 100_000
+MAX_INPUT_SIDE = 1024
+
+
+def _spec(raw: dict[str, Any], path: Path) -> ModelSpec:
+    """The checkpoint's spec, its fields type- and range-checked before anything is built."""
+    size = raw.get("input_size")
+    ints = {k: raw.get(k) for k in ("in_channels", "num_classes")}
+    sizes_ok = isinstance(size, (list, tuple)) and len(size) == 2
+    if not (
+        isinstance(raw.get("name"), str)
+        and all(type(v) is int for v in ints.values())
+        and sizes_ok
+        and all(type(v) is int for v in size)  # type: ignore[union-attr]
+        and isinstance(raw.get("width", 1.0), (int, float))
+    ):
+        raise CheckpointError(f"{path}: invalid model spec {short_repr(raw)}")
+    if not 2 <= raw["num_classes"] <= MAX_CLASSES:
+        raise CheckpointError(f"{path}: spec num_classes must be in 2..{MAX_CLASSES}")
+    if not all(8 <= v <= MAX_INPUT_SIDE for v in size):  # type: ignore[union-attr]
+        raise CheckpointError(f"{path}: spec input_size must be in 8..{MAX_INPUT_SIDE} per side")
+    try:
+        return ModelSpec.from_dict(raw)
+    except RlpruneError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+
+
+def _fits(model: nn.Module, ckpt: dict[str, Any], path: Path, arch: str) -> None:
+    """Refuse a state dict whose keys or shapes differ from ``model`` (built on ``meta``)."""
+    state = ckpt["state_dict"]
+    have = model.state_dict()
+    if set(have) != set(state) or any(
+        not isinstance(state[k], torch.Tensor) or state[k].shape != have[k].shape for k in have
+    ):
+        raise CheckpointError(f"{path} does not match {arch}: {_mismatch(model, state, None)}")
 
 
 def load_model(
     path: str | Path, model: nn.Module | None = None
 ) -> tuple[nn.Module, ModelSpec | None, dict[str, Any]]:
     """Rebuild the model stored in ``path`` (baseline or pruned) in eval mode.
+
+    A zoo model is first built on the ``meta`` device (no memory) and its shapes compared with
+    the stored tensors: a file whose spec claims a huge model is refused before any allocation.
 
     Args:
         path: an rlprune checkpoint or pruned-model file.
@@ -239,19 +310,26 @@ def load_model(
     Returns:
         ``(model, spec, meta)``.
     """
+    path = Path(path)
     ckpt = load_checkpoint(path)
-    spec = ModelSpec.from_dict(ckpt["spec"]) if ckpt.get("spec") else None
+    spec = _spec(ckpt["spec"], path) if ckpt.get("spec") else None
+    arch = f"the {spec.name} architecture" if spec is not None else "the model architecture"
     if model is None:
         if spec is None:
             raise CheckpointError(f"{path} holds a custom model: pass an instance to load it")
+        with torch.device("meta"):
+            skeleton = spec.build()
+            if ckpt.get("shapes"):
+                check_shrinks(skeleton, ckpt["shapes"], path)
+                apply_shapes(skeleton, ckpt["shapes"])
+        _fits(skeleton, ckpt, path, arch)
         model = spec.build()
     if ckpt.get("shapes"):
-        _check_shrinks(model, ckpt["shapes"], Path(path))
+        check_shrinks(model, ckpt["shapes"], path)
         apply_shapes(model, ckpt["shapes"])
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:
-        arch = f"the {spec.name} architecture" if spec is not None else "the model architecture"
         raise CheckpointError(
             f"{path} does not match {arch}: {_mismatch(model, ckpt['state_dict'], e)}"
         ) from e
@@ -259,7 +337,7 @@ def load_model(
     return model, spec, dict(ckpt.get("meta") or {})
 
 
-def _mismatch(model: nn.Module, state: dict[str, Any], err: Exception) -> str:
+def _mismatch(model: nn.Module, state: dict[str, Any], err: Exception | None) -> str:
     """One line saying how a state dict differs from ``model`` (torch's message runs long)."""
     have = model.state_dict()
     missing = [k for k in have if k not in state]
@@ -267,10 +345,11 @@ def _mismatch(model: nn.Module, state: dict[str, Any], err: Exception) -> str:
     resized = [
         k
         for k in have
-        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != have[k].shape
+        if k in state
+        and (not isinstance(state[k], torch.Tensor) or state[k].shape != have[k].shape)
     ]
     parts = [
-        f"{len(keys)} {what} (e.g. {keys[0]!r})"
+        f"{len(keys)} {what} (e.g. {short_repr(keys[0])})"
         for what, keys in (
             ("missing keys", missing),
             ("unexpected keys", unexpected),
@@ -280,5 +359,5 @@ def _mismatch(model: nn.Module, state: dict[str, Any], err: Exception) -> str:
     ]
     if parts:
         return "; ".join(parts)
-    lines = str(err).strip().splitlines()
-    return lines[-1].strip() if lines else type(err).__name__
+    lines = str(err).strip().splitlines() if err is not None else []
+    return lines[-1].strip()[:200] if lines else "the stored tensors differ"

@@ -1,4 +1,4 @@
-"""Frozen, validated configuration dataclasses; YAML loading and ``--set key=value`` overrides.
+"""Frozen, validated configuration dataclasses; reading them: :mod:`rlprune.config_load`.
 
 Every config validates itself on construction and names the offending key in its error, so a bad
 value fails at start-up, not hours into a search. ``to_dict`` output is written into every run
@@ -7,17 +7,19 @@ folder as ``config.yaml`` and loads back to an equal config.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
-import types
-import typing
-from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Literal, TypeVar
 
-import yaml
-
-from rlprune.errors import ConfigError
+from rlprune.config_load import (
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    load_yaml,
+)
+from rlprune.config_load import check as _check
+from rlprune.config_load import check_choice as _check_choice
+from rlprune.config_load import check_range as _range
 
 __all__ = [
     "AgentConfig",
@@ -31,6 +33,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_config",
+    "load_yaml",
 ]
 
 T = TypeVar("T")
@@ -46,15 +49,13 @@ JointSignal = Literal["loss", "accuracy"]
 JointInit = Literal["uniform", "global-magnitude"]
 
 
-def _check(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"invalid config value for '{key}': {msg}")
-
-
-def _check_choice(value: object, choices: Any, key: str) -> None:
-    """``value`` is one of the ``Literal`` type ``choices``."""
-    allowed = get_args(choices)
-    _check(value in allowed, key, f"one of {' | '.join(allowed)}, got {value!r}")
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds both take it; seed + 1 stays in range
+MAX_BATCH = 65_536
+MAX_SAMPLES = 1_024  # masks per policy update / joint episode
+MAX_HIDDEN = 4_096
+MAX_UPDATES = 10_000
+MAX_STEPS = 10_000_000
+MAX_IMAGES = 1_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +74,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
+        _range(self.epochs, 0, 10_000, "epochs")
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _range(self.batch_size, 1, MAX_BATCH, "batch_size")
         _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _range(self.lr, 0, 100, "lr")
+        _range(self.seed, 0, MAX_SEED, "seed")
         _check(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         _check(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
@@ -103,9 +108,17 @@ class AgentConfig:
     def __post_init__(self) -> None:
         _check_choice(self.state, StateKind, "agent.state")
         _check(self.hidden >= 1, "agent.hidden", "must be >= 1")
+        _range(self.hidden, 1, MAX_HIDDEN, "agent.hidden")
         _check(self.lr > 0, "agent.lr", "must be > 0")
+        _range(self.lr, 0, 100, "agent.lr")
         _check(self.samples >= 2, "agent.samples", "must be >= 2 (a baseline needs two)")
+        _range(self.samples, 2, MAX_SAMPLES, "agent.samples")
         _check(self.updates >= 1, "agent.updates", "must be >= 1")
+        _range(self.updates, 1, MAX_UPDATES, "agent.updates")
+        _range(self.patience, 1, MAX_UPDATES, "agent.patience")
+        _range(self.entropy_coef, 0, 100, "agent.entropy_coef")
+        _range(self.grad_clip, 0, 1e6, "agent.grad_clip")
+        _range(self.prior, 0, 1e3, "agent.prior")
         _check(self.entropy_coef >= 0, "agent.entropy_coef", "must be >= 0")
         _check_choice(self.baseline, BaselineKind, "agent.baseline")
         _check(0 <= self.baseline_momentum < 1, "agent.baseline_momentum", "must be in [0, 1)")
@@ -137,7 +150,10 @@ class RewardConfig:
     def __post_init__(self) -> None:
         _check_choice(self.mode, RewardMode, "reward.mode")
         _check(self.max_acc_drop > 0, "max_acc_drop", f"must be > 0, got {self.max_acc_drop}")
+        # accuracies are in %: a drop beyond 100 pp means nothing (and 1e308 overflows to inf)
+        _range(self.max_acc_drop, 0, 100, "max_acc_drop")
         _check(self.tolerance >= 0, "reward.tolerance", "must be >= 0")
+        _range(self.tolerance, 0, 100, "reward.tolerance")
         _check_choice(self.efficiency, Efficiency, "reward.efficiency")
         if self.mode == "accuracy":
             _check(
@@ -152,8 +168,11 @@ class RewardConfig:
                 f"must be in (0, 1) for {self.mode} mode, got {self.target_macs}",
             )
         _check(self.guard > 0, "reward.guard", "must be > 0")
+        _range(self.guard, 0, 100, "reward.guard")
         _check(self.budget_penalty >= 0, "reward.budget_penalty", "must be >= 0")
+        _range(self.budget_penalty, 0, 1e4, "reward.budget_penalty")
         _check(self.budget_under >= 0, "reward.budget_under", "must be >= 0")
+        _range(self.budget_under, 0, 1e4, "reward.budget_under")
 
     @property
     def b(self) -> float:
@@ -185,10 +204,14 @@ class RolloutConfig:
 
     def __post_init__(self) -> None:
         _check(self.reward_set >= 10, "rollout.reward_set", "must be >= 10")
+        _range(self.reward_set, 10, MAX_IMAGES, "rollout.reward_set")
         _check_choice(self.precision, Precision, "rollout.precision")
         _check(self.batch_size >= 1, "rollout.batch_size", "must be >= 1")
+        _range(self.batch_size, 1, MAX_BATCH, "rollout.batch_size")
         _check(self.cache_mb > 0, "rollout.cache_mb", "must be > 0")
+        _range(self.cache_mb, 0, 1e6, "rollout.cache_mb")
         _check(self.calib_set >= 2, "rollout.calib_set", "must be >= 2")
+        _range(self.calib_set, 2, MAX_IMAGES, "rollout.calib_set")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,120 +286,18 @@ class PruneConfig:
         _check(self.final_finetune_epochs >= 0, "final_finetune_epochs", "must be >= 0")
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
         _check(self.latency_runs >= 3, "latency_runs", "must be >= 3")
+        self._check_bounds()
 
-
-# --------------------------------------------------------------------------- (de)serialisation
-
-
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain-type dict (tuples become lists) suitable for YAML/JSON."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(v):
-            out[f.name] = config_to_dict(v)
-        elif isinstance(v, tuple):
-            out[f.name] = list(v)
-        else:
-            out[f.name] = v
-    return out
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [s for s in value.split(",") if s]
-        _check(isinstance(value, (list, tuple)), key, f"expected a list, got {value!r}")
-        return tuple(str(v) for v in value)
-    if origin is Literal:
-        _check_choice(value, tp, key)
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], key)
-    if tp is bool:
-        _check(isinstance(value, bool), key, f"expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        _check(
-            isinstance(value, int) and not isinstance(value, bool), key, f"expected int: {value!r}"
-        )
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        _check(
-            isinstance(value, (int, float)) and not isinstance(value, bool),
-            key,
-            f"expected a number, got {value!r}",
-        )
-        _check(math.isfinite(value), key, f"must be finite, got {value!r}")
-        return float(value)
-    if tp is str:
-        _check(isinstance(value, str), key, f"expected a string, got {value!r}")
-        return value
-    return value
-
-
-def config_from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
-    """Build a (nested) config dataclass from a dict; unknown keys raise :class:`ConfigError`."""
-    data = dict(data or {})
-    if not isinstance(data, dict):
-        raise ConfigError(f"config section '{prefix or '<root>'}' must be a mapping")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}'; valid keys: "
-            + ", ".join(f"{prefix}{n}" for n in sorted(names))
-        )
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            _check(isinstance(value, dict), prefix + name, "expected a mapping")
-            kwargs[name] = config_from_dict(tp, value, prefix + name + ".")  # type: ignore[arg-type]
-        else:
-            kwargs[name] = _coerce(value, tp, prefix + name)
-    return cls(**kwargs)
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key=value`` strings (dotted keys, YAML-parsed values) to a nested dict copy."""
-    out = yaml.safe_load(yaml.safe_dump(data)) or {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = out
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"config key '{key}': '{p}' is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
-    return out
-
-
-def load_config(
-    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
-) -> T:
-    """Load a config from an optional YAML file, then apply ``--set`` overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        data = loaded or {}
-    data = apply_overrides(data, overrides or [])
-    return config_from_dict(cls, data)
+    def _check_bounds(self) -> None:
+        """Upper bounds of the values that size allocations or loops (the joint ones too)."""
+        _range(self.seed, 0, MAX_SEED, "seed")
+        _range(self.min_keep, 0, 1e6, "min_keep")
+        _range(self.finetune_steps, 0, MAX_STEPS, "finetune_steps")
+        _range(self.finetune_lr, 0, 100, "finetune_lr")
+        _range(self.final_finetune_epochs, 0, 10_000, "final_finetune_epochs")
+        _range(self.batch_size, 1, MAX_BATCH, "batch_size")
+        _range(self.latency_runs, 3, 10_000, "latency_runs")
+        _range(self.joint.steps, 1, MAX_STEPS, "joint.steps")
+        _range(self.joint.samples, 2, MAX_SAMPLES, "joint.samples")
+        _range(self.joint.images, 1, MAX_IMAGES, "joint.images")
+        _range(self.joint.lr, 0, 100, "joint.lr")

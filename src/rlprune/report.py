@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,8 +72,62 @@ def _new_axes() -> tuple[Figure, Axes]:
 
 def _save(fig: Figure, root: Path, name: str, files: list[str]) -> None:
     fig.tight_layout()
-    fig.savefig(root / name, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    # atomic_write refuses a link in the plot's place (savefig would write through it)
+    atomic_write(root / name, lambda f: f.write(buf.getvalue()))
     files.append(name)
+
+
+_NUMBER = (int, float)
+_MAX_REPORT_BYTES = 64 << 20
+# (key, required, positive) of each measurement section and each unit row
+_MEASURE = [("val_acc", True, False), ("macs", True, True)] + [
+    (key, False, False) for _, key, _ in ROWS if key not in ("val_acc", "macs")
+]
+_UNIT = [
+    ("channels_before", True, True), ("channels_after", True, False), ("reward", True, False),
+    ("val_acc", True, False), ("macs", True, False), ("rollout_acc", False, False),
+    ("det_reward_start", False, False), ("det_reward", False, False),
+    ("agent_s", False, False), ("finetune_s", False, False),
+]  # fmt: skip
+
+
+def _check_numbers(d: Any, fields: list[tuple[str, bool, bool]], where: str) -> None:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} is not a mapping")
+    for key, required, positive in fields:
+        v = d.get(key)
+        if v is None and not required:
+            continue
+        if not isinstance(v, _NUMBER) or isinstance(v, bool):
+            raise ValueError(f"{where}.{key} is not a number")
+        if positive and not v > 0:
+            raise ValueError(f"{where}.{key} must be > 0")
+
+
+def _validate(rep: Any) -> None:
+    """Raise ValueError naming the first field of ``rep`` the report cannot use."""
+    if not isinstance(rep, dict):
+        raise ValueError("the top level is not a mapping")
+    for section in ("baseline", "pruned"):
+        _check_numbers(rep.get(section), _MEASURE, section)
+    units = rep.get("units")
+    if not isinstance(units, list):
+        raise ValueError("units is not a list")
+    for i, u in enumerate(units):
+        _check_numbers(u, _UNIT, f"units[{i}]")
+        if not isinstance(u.get("unit"), str) or not isinstance(u.get("chosen"), str):
+            raise ValueError(f"units[{i}].unit or .chosen is not a string")
+        curve = u.get("reward_curve")
+        if not isinstance(curve, list) or not all(
+            isinstance(x, _NUMBER) and not isinstance(x, bool) for x in curve
+        ):
+            raise ValueError(f"units[{i}].reward_curve is not a list of numbers")
+    config, model = rep.get("config"), rep.get("model")
+    mode = config.get("reward", {}).get("mode") if isinstance(config, dict) else None
+    if not isinstance(mode, str) or (model is not None and not isinstance(model, dict)):
+        raise ValueError("config.reward.mode or model is missing or malformed")
 
 
 def _plots(root: Path, units: list[dict[str, Any]], base: dict[str, Any]) -> list[str]:
@@ -121,6 +176,15 @@ def _plots(root: Path, units: list[dict[str, Any]], base: dict[str, Any]) -> lis
     return files
 
 
+def _not_pruned(rep: dict[str, Any]) -> list[str]:
+    """Lines listing the units the masked-vs-cut check left unpruned (none: no lines)."""
+    skipped = rep.get("not_pruned")
+    if not isinstance(skipped, dict) or not skipped:
+        return []
+    lines = ["", "## Not pruned", "", "Units skipped before the search (the rest was pruned):", ""]
+    return lines + [f"- `{name}`: {why}" for name, why in skipped.items()]
+
+
 def write_report(run_dir: str | Path) -> Path:
     """(Re)generate ``report.md`` and the plots from ``report.json``."""
     root = Path(run_dir)
@@ -128,10 +192,14 @@ def write_report(run_dir: str | Path) -> Path:
     if not path.is_file():
         raise RlpruneError(f"{root} has no report.json (is it a finished rlprune prune run?)")
     try:
-        rep = json.loads(path.read_text())
-        base, pruned, units = rep["baseline"], rep["pruned"], rep["units"]
-    except (json.JSONDecodeError, KeyError) as e:
-        raise RlpruneError(f"{path} is not a valid rlprune report ({e})") from e
+        with open(path, "rb") as f:
+            rep = json.loads(f.read(_MAX_REPORT_BYTES + 1))
+        _validate(rep)
+    except OSError as e:
+        raise RlpruneError(f"cannot read {path}: {e.strerror or e}") from e
+    except (ValueError, RecursionError, AttributeError) as e:  # JSONDecodeError, bad fields
+        raise RlpruneError(f"{path} is not a valid rlprune report ({str(e)[:200]})") from e
+    base, pruned, units = rep["baseline"], rep["pruned"], rep["units"]
     plots = _plots(root, units, base)
     mode = rep["config"]["reward"]["mode"]
     lines = [
@@ -161,6 +229,7 @@ def write_report(run_dir: str | Path) -> Path:
             f"{u.get('agent_s', float('nan')):.0f} | "
             f"{u.get('finetune_s', float('nan')):.0f} |"
         )
+    lines += _not_pruned(rep)
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     text = "\n".join(lines) + "\n"
     return atomic_write(root / "report.md", lambda f: f.write(text), mode="w")

@@ -11,11 +11,24 @@ from PIL import Image
 
 from rlprune.errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderData", "read_image_folder"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
+    "MAX_SIDE",
+    "ImageFolderData",
+    "read_image_folder",
+]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg"})
+
+MAX_IMAGE_PIXELS = 8192 * 8192
+"""Largest image decoded (width x height, read from the header before decoding)."""
+
+MAX_SIDE = 256
+"""Without a model input size, images are resized to the first one's size, scaled down (aspect
+kept) so that its longer side is at most this."""
 
 
 @dataclass(frozen=True)
@@ -53,26 +66,41 @@ def _class_dirs(split_dir: Path) -> list[str]:
     return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
+def _check_pixels(path: Path, size: tuple[int, int]) -> None:
+    if size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise DataError(
+            f"{path}: image of {size[0]}x{size[1]} pixels exceeds the cap of "
+            f"{MAX_IMAGE_PIXELS} pixels; scale it down first"
+        )
+
+
 def _probe(path: Path) -> tuple[str, tuple[int, int]]:
     """Return ``(mode, (width, height))`` from the image header without decoding pixels."""
     try:
         with Image.open(path) as img:
-            return img.mode, img.size
+            mode, size = img.mode, img.size
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc})") from exc
+        raise DataError(f"{path}: not a readable image ({str(exc)[:200]})") from exc
+    _check_pixels(path, size)
+    return mode, size
 
 
 def _decode(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
-    """Decode one image to ``mode`` and ``size`` (W, H); returns uint8 ``[C, H, W]``."""
+    """Decode one image to ``mode`` and ``size`` (W, H); returns uint8 ``[C, H, W]``.
+
+    Each image is resized on its own, so memory holds one full-size image at a time.
+    """
     try:
         with Image.open(path) as img:
+            _check_pixels(path, img.size)  # the file may have changed since the probe
+            img.draft(mode, size)  # JPEG: decode at a reduced scale when that suffices
             img.load()
             conv = img.convert(mode)
             if conv.size != size:
                 conv = conv.resize(size, Image.Resampling.BILINEAR)
             arr = np.asarray(conv, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: cannot decode image ({exc})") from exc
+        raise DataError(f"{path}: cannot decode image ({str(exc)[:200]})") from exc
     return arr[None, :, :] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
@@ -84,17 +112,32 @@ def _stack(items: list[tuple[Path, int]], mode: str, size: tuple[int, int]) -> n
     return out
 
 
-def read_image_folder(root: str | Path) -> ImageFolderData:
+def _target(first: tuple[int, int], input_size: tuple[int, int] | None) -> tuple[int, int]:
+    """(W, H) every image is resized to: the model's input size, else the first image's size
+    scaled down to :data:`MAX_SIDE`."""
+    if input_size is not None:
+        return int(input_size[1]), int(input_size[0])
+    w, h = first
+    scale = min(1.0, MAX_SIDE / max(w, h))
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def read_image_folder(
+    root: str | Path, input_size: tuple[int, int] | None = None
+) -> ImageFolderData:
     """Read a class-per-subdirectory image tree.
 
     Layout: ``root/train/<class>/*.png|jpg|jpeg`` and optionally ``root/test/<class>/...``; if
     ``root/train`` does not exist, ``root`` itself holds the class directories (and there is no
-    test part). Classes are the sorted names of the training class directories. All images are
-    resized (bilinear) to the size of the first training image; they are greyscale (C=1) if every
-    image has mode ``"L"``, otherwise converted to RGB (C=3).
+    test part). Classes are the sorted names of the training class directories. Each image is
+    resized (bilinear), one at a time, to ``input_size`` or else to the size of the first
+    training image scaled down to :data:`MAX_SIDE`; an image above :data:`MAX_IMAGE_PIXELS` is
+    refused from its header. Images are greyscale (C=1) if every image has mode ``"L"``,
+    otherwise converted to RGB (C=3).
 
     Args:
         root: Dataset root directory.
+        input_size: ``(H, W)`` of the model the data is for, if known.
 
     Returns:
         The decoded :class:`ImageFolderData`.
@@ -131,6 +174,7 @@ def read_image_folder(root: str | Path) -> ImageFolderData:
         if first_size is None:
             first_size = size
     assert first_size is not None  # train_items is non-empty
+    first_size = _target(first_size, input_size)
     mode = "L" if modes == {"L"} else "RGB"
     logger.info(
         "image-folder %s: %d classes, %d train / %d test images, mode %s, size %dx%d",

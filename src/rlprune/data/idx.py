@@ -28,6 +28,7 @@ __all__ = [
     "FASHION_MNIST_SHA256",
     "FASHION_MNIST_SYSTEM_DIR",
     "FASHION_MNIST_URL",
+    "MAX_IDX_BYTES",
     "download_fashion_mnist",
     "find_fashion_mnist",
     "load_fashion_mnist_arrays",
@@ -69,6 +70,9 @@ _IDX_DTYPES: dict[int, np.dtype] = {
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 20
 _MAX_DOWNLOAD_BYTES = 256 << 20  # far above the largest Fashion-MNIST file (26 MiB)
+MAX_IDX_BYTES = 1 << 30
+"""Largest IDX payload read (the header's declared size is checked before any of it is read or
+decompressed); Fashion-MNIST's largest is 47 MiB."""
 _FASHION_CLASSES = 10
 
 
@@ -100,7 +104,7 @@ def _read_exact(stream: _Reader, n: int) -> bytes:
     return bytes(buf)
 
 
-def _parse_idx(stream: _Reader, name: str) -> np.ndarray:
+def _parse_idx(stream: _Reader, name: str, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
     header = _read_exact(stream, 4)
     if len(header) < 4 or header[0] != 0 or header[1] != 0:
         raise DataError(f"{name}: not an IDX file (bad magic {header.hex() or 'empty'})")
@@ -115,6 +119,13 @@ def _parse_idx(stream: _Reader, name: str) -> np.ndarray:
     dims = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">u4"))
     dtype = _IDX_DTYPES[code]
     expected = int(np.prod(dims, dtype=object)) * dtype.itemsize
+    if expected > max_bytes:
+        raise DataError(
+            f"{name}: IDX header declares shape {dims} ({expected} bytes), above the "
+            f"{max_bytes}-byte limit; refusing to read it"
+        )
+    # Streamed in chunks (gzip decompressed as it is read), at most one byte past the
+    # declared size: a file that decompresses to gigabytes is stopped there.
     payload = bytearray()
     while len(payload) <= expected:  # read one byte past the end to detect trailing data
         chunk = stream.read(min(_CHUNK, expected + 1 - len(payload)))
@@ -131,19 +142,22 @@ def _parse_idx(stream: _Reader, name: str) -> np.ndarray:
     return arr if dtype.isnative or dtype.itemsize == 1 else arr.astype(dtype.newbyteorder("="))
 
 
-def read_idx(path: str | Path) -> np.ndarray:
+def read_idx(path: str | Path, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
     """Read a (optionally gzip-compressed) IDX file into a numpy array.
 
     Args:
         path: File to read; gzip compression is detected from the first two bytes.
+        max_bytes: Largest payload accepted; a header declaring more is refused before any
+            payload byte is read or decompressed.
 
     Returns:
         A writable native-endian array whose shape is the header's dimensions, e.g. uint8
         ``[60000, 28, 28]`` for Fashion-MNIST training images or ``[60000]`` for its labels.
 
     Raises:
-        DataError: if the file is missing, not IDX (bad magic or dtype code), truncated, has
-            trailing bytes, or is a corrupt gzip stream. The message names the file.
+        DataError: if the file is missing, not IDX (bad magic or dtype code), declares more than
+            ``max_bytes``, is truncated, has trailing bytes, or is a corrupt gzip stream. The
+            message names the file.
     """
     p = Path(path)
     try:
@@ -152,8 +166,8 @@ def read_idx(path: str | Path) -> np.ndarray:
             fh.seek(0)
             if compressed:
                 with gzip.GzipFile(fileobj=fh, mode="rb") as gz:
-                    return _parse_idx(gz, str(p))
-            return _parse_idx(fh, str(p))
+                    return _parse_idx(gz, str(p), max_bytes)
+            return _parse_idx(fh, str(p), max_bytes)
     except DataError:
         raise
     except FileNotFoundError as exc:

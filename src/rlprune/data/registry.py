@@ -109,10 +109,12 @@ def _load_cifar10(data_dir: str | Path | None, download: bool) -> _Raw:
     return _Raw(x_tr, y_tr, x_te, y_te, 10, 255.0, True, CIFAR10_CLASSES)
 
 
-def _load_image_folder(data_dir: str | Path | None, download: bool) -> _Raw:
+def _load_image_folder(
+    data_dir: str | Path | None, download: bool, input_size: tuple[int, int] | None = None
+) -> _Raw:
     if data_dir is None:
         raise DataError("image-folder needs --data-dir DIR with DIR/train/<class>/<image>.png")
-    data = read_image_folder(data_dir)
+    data = read_image_folder(data_dir, input_size)
     if data.x_test is None or data.y_test is None:
         keep, held = _holdout(len(data.y_train), TEST_HOLDOUT_FRACTION, _HOLDOUT_SEED)
         x_tr, y_tr = data.x_train[keep], data.y_train[keep]
@@ -245,6 +247,7 @@ def load_dataset(
     seed: int = 0,
     max_train: int | None = None,
     max_mb: float | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> DatasetSplits:
     """Load a dataset as normalised train/val/test tensors.
 
@@ -259,6 +262,8 @@ def load_dataset(
             by the same seeded permutation.
         max_mb: Memory cap (MiB) of the float32 training tensor; above it the training part is
             subsampled (same permutation) and a log line says so. Val and test are never cut.
+        input_size: ``(H, W)`` of the model the data is for: ``image-folder`` images are
+            resized to it (one image at a time). The other datasets have a fixed size.
 
     Returns:
         A :class:`DatasetSplits` whose splits hold float32 ``[N, C, H, W]`` images normalised
@@ -274,7 +279,10 @@ def load_dataset(
         raise DataError(f"val_fraction must be in (0, 0.5], got {val_fraction}")
     if max_train is not None and max_train < 2:
         raise DataError(f"max_train must be at least 2, got {max_train}")
-    raw = _LOADERS[name](data_dir, download)
+    if name == "image-folder":
+        raw = _load_image_folder(data_dir, download, input_size)
+    else:
+        raw = _LOADERS[name](data_dir, download)
     for part, x, y in (("train", raw.x_train, raw.y_train), ("test", raw.x_test, raw.y_test)):
         if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0]:
             raise DataError(f"{name} {part}: images {x.shape} and labels {y.shape} do not match")
