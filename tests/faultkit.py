@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -51,6 +53,30 @@ def run_cli(*args: str | Path, timeout: float = 180) -> subprocess.CompletedProc
     """Run ``rlprune ARGS`` to completion; stdout/stderr captured as text."""
     return subprocess.run(
         rlprune_argv(*args), capture_output=True, text=True, env=cli_env(), timeout=timeout
+    )
+
+
+def run_cli_capped(
+    *args: str | Path, mem_mb: int = 1536, fsize: int | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """``rlprune ARGS`` with its address space capped at ``mem_mb`` MiB (``RLIMIT_AS``) and,
+    with ``fsize``, every file it writes capped at that many bytes (a full disk: writes fail
+    with EFBIG). A regression that allocates what the input claims fails fast instead of
+    eating the machine."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (mem_mb << 20, mem_mb << 20))
+        if fsize is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    return subprocess.run(
+        rlprune_argv(*args),
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=timeout,
+        preexec_fn=limit,
     )
 
 

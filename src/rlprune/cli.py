@@ -9,21 +9,25 @@ Library modules are imported inside the commands so that ``rlprune --help`` stay
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
-import yaml
 
 from rlprune import __version__
-from rlprune.distributed import resolve_device
-from rlprune.errors import DataError, RlpruneError
+from rlprune.cli_support import DataSource
+from rlprune.cli_support import check_fit as _check_fit
+from rlprune.cli_support import check_writable as _check_writable
+from rlprune.cli_support import device as _device
+from rlprune.cli_support import interrupted_line as _interrupted_line
+from rlprune.cli_support import load_data as _load_data
+from rlprune.cli_support import one_line as _one_line
+from rlprune.cli_support import yaml_scalar as _yaml_scalar
+from rlprune.errors import RlpruneError
 
 if TYPE_CHECKING:
     from rlprune.compare import CompareConfig
@@ -32,68 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 log = logging.getLogger("rlprune")
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSource:
-    """Which data a command loads (the ``--dataset`` family of options)."""
-
-    dataset: str
-    data_dir: str | None = None
-    download: bool = False
-    max_train: int | None = None
-    max_mb: float | None = None
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> DataSource:
-        return cls(args.dataset, args.data_dir, args.download, args.max_train, args.data_max_mb)
-
-
-def _load_data(source: DataSource, seed: int = 0) -> Any:
-    from rlprune.data import load_dataset
-
-    return load_dataset(
-        source.dataset,
-        data_dir=source.data_dir,
-        download=source.download,
-        seed=seed,
-        max_train=source.max_train,
-        max_mb=source.max_mb,
-    )
-
-
-def _check_fit(spec: Any, data: Any) -> None:
-    if spec is None:
-        return
-    if spec.in_channels != data.in_channels or spec.num_classes != data.num_classes:
-        raise DataError(
-            f"the checkpoint's model expects {spec.in_channels}-channel input and "
-            f"{spec.num_classes} classes; dataset {data.name} has {data.in_channels} channel(s) "
-            f"and {data.num_classes} classes"
-        )
-
-
-def _yaml_scalar(value: Any) -> str:
-    """``value`` as a YAML scalar for ``--set``: ``str(1e-05)`` would load as a string."""
-    return yaml.safe_dump(value).splitlines()[0]
-
-
-def _check_writable(folder: Path) -> None:
-    """Create ``folder`` and probe that a file can be written there (one clear error if not)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise RlpruneError(f"cannot write to {folder}: {e.strerror or e}") from e
-
-
-def _metrics_line(name: str, m: dict[str, Any]) -> str:
-    test = "—" if m.get("test_acc") is None else f"{m['test_acc']:.2f}%"
-    return (
-        f"{name:<9} test {test:>7}  MACs {m['macs'] / 1e6:7.2f}M  params {m['params'] / 1e3:7.1f}k  "
-        f"latency b1 {m['latency_b1_ms']:.2f} ms  b64 {m['latency_b64_ms']:.2f} ms"
-    )
 
 
 # ----------------------------------------------------------------------------- commands
@@ -106,7 +48,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             sets.append(f"{key}={_yaml_scalar(getattr(args, key))}")
     cfg = load_config(TrainConfig, args.config, sets)
     source = DataSource.from_args(args)
-    return _train(args.model, args.width, source, cfg, Path(args.out), args.device, args.quiet)
+    out = Path(args.out)
+    return _train(args.model, args.width, source, cfg, out, args.device, args.quiet, args.overwrite)
 
 
 def _train(
@@ -117,19 +60,30 @@ def _train(
     out: Path,
     device_name: str,
     quiet: bool,
+    overwrite: bool = False,
 ) -> int:
     """Train a zoo model and save the best-so-far, then the final checkpoint to ``out``."""
     from rlprune.checkpoint import save_checkpoint
     from rlprune.models import ModelSpec
     from rlprune.pruning import count_macs_params
+    from rlprune.runfolder import RunIdentity, claim, config_hash, tensors_fingerprint
     from rlprune.train import evaluate, train
 
+    device = _device(device_name)
     torch.manual_seed(cfg.seed)
     data = _load_data(source, cfg.seed)
     spec = ModelSpec(model_name, data.in_channels, data.num_classes, data.input_size, width)
     model = spec.build()
     _check_writable(out)  # fail now, not after training
-    device = resolve_device(device_name)
+    splits = {f"{n}.{p}": getattr(getattr(data, n), p) for n in ("train", "val", "test")
+              for p in ("images", "labels")}  # fmt: skip
+    ident = RunIdentity(
+        "train",
+        config_hash(cfg, model=model_name, width=width),
+        None,
+        tensors_fingerprint(splits.items()),
+    )
+    claim(out, ident, resume=False, overwrite=overwrite)
 
     best = [-1.0]
 
@@ -170,7 +124,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rlprune.train import evaluate
 
     model, spec, _meta = load_model(args.checkpoint)
-    data = _load_data(DataSource.from_args(args))
+    data = _load_data(DataSource.from_args(args), spec=spec)
     _check_fit(spec, data)
     acc = evaluate(model, data.test)
     macs, params = count_macs_params(model, data.test.images[:1])
@@ -219,7 +173,18 @@ def cmd_prune(args: argparse.Namespace) -> int:
     cfg = _prune_config(args)
     source = DataSource.from_args(args)
     out = Path(args.out)
-    return _prune(Path(args.checkpoint), source, cfg, out, args.resume, args.device, args.quiet)
+    if args.resume and args.overwrite:
+        raise RlpruneError("choose one: --resume (continue the run) or --overwrite (replace it)")
+    return _prune(
+        Path(args.checkpoint),
+        source,
+        cfg,
+        out,
+        args.resume,
+        args.device,
+        args.quiet,
+        args.overwrite,
+    )
 
 
 def _prune(
@@ -230,6 +195,7 @@ def _prune(
     resume: bool,
     device_name: str,
     quiet: bool,
+    overwrite: bool = False,
 ) -> int:
     """The RL search on ``checkpoint``; prints the before/after table (rank 0 under torchrun)."""
     from rlprune.checkpoint import load_model
@@ -239,9 +205,9 @@ def _prune(
 
     torch.manual_seed(cfg.seed)
     # Under torchrun this joins the job (gloo on CPU, NCCL on CUDA); otherwise a no-op.
-    ctx, device = init_distributed(resolve_device(device_name))
+    ctx, device = init_distributed(_device(device_name))
     model, spec, _ = load_model(checkpoint)
-    data = _load_data(source, seed=0)
+    data = _load_data(source, seed=0, spec=spec)
     _check_fit(spec, data)
     t0 = time.perf_counter()
     result = prune(
@@ -254,6 +220,7 @@ def _prune(
         spec=spec,
         hflip=data.hflip,
         resume=resume,
+        overwrite=overwrite,
         device=device,
         progress=not quiet and ctx.is_main,
         dist_ctx=ctx,
@@ -289,7 +256,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except CheckpointError:
         print("training the baseline: vgg-small, 3 epochs on Fashion-MNIST")
         train_cfg = TrainConfig(epochs=3.0, seed=0)
-        _train("vgg-small", 1.0, source, train_cfg, base.parent, args.device, args.quiet)
+        # demo owns base/: an earlier, unfinished baseline there is replaced
+        _train("vgg-small", 1.0, source, train_cfg, base.parent, args.device, args.quiet, True)
     prune_dir = out / "prune"
     sets = [*(args.set or []), "reward.mode=accuracy", "reward.max_acc_drop=1.0", "seed=0"]
     cfg = load_config(PruneConfig, args.config, sets)
@@ -367,25 +335,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except RlpruneError as e:
-        print(f"rlprune: error: {e}", file=sys.stderr)
+        print(f"rlprune: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("rlprune: error: out of memory (inputs too large for this machine)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(_interrupted_line(args), file=sys.stderr)
         return 130
-
-
-def _interrupted_line(args: argparse.Namespace) -> str:
-    """What Ctrl-C leaves behind: a search and a comparison keep their progress."""
-    if args.command == "prune":
-        return (
-            f"rlprune: interrupted; progress is saved in {args.out} — rerun the same command "
-            "with --resume to continue"
-        )
-    if args.command == "demo":
-        return "rlprune: interrupted; progress is saved — rerun `rlprune demo` to continue"
-    if args.command == "compare":
-        return (
-            f"rlprune: interrupted; finished cells are saved in {args.out} — rerun the same "
-            "command to continue"
-        )
-    return "rlprune: interrupted"

@@ -108,7 +108,18 @@ def _add_train(sub: Subparsers, cmd: Command) -> None:
     t = sub.add_parser("train", help="train a zoo model (the baseline to prune)")
     t.add_argument("--model", required=True, help=f"{' | '.join(MODELS)} (required)")
     _data_args(t)
-    t.add_argument("--out", required=True, metavar="DIR", help="folder for model.pt (required)")
+    t.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder for model.pt: new, empty, or an earlier train run with --overwrite (required)",
+    )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the earlier train run in --out (never a folder that is not a run's; "
+        "default: refuse)",
+    )
     t.add_argument(
         "--epochs", type=float, default=None, metavar="E", help="> 0, may be fractional (default 3)"
     )
@@ -162,8 +173,14 @@ def _add_prune(sub: Subparsers, cmd: Command) -> None:
     r.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out after a crash or Ctrl-C; refuses a changed config "
-        "(default: start fresh)",
+        help="continue the run in --out after a crash or Ctrl-C; refuses a changed config, "
+        "checkpoint or dataset (default: start fresh in a new or empty --out)",
+    )
+    r.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the earlier prune run in --out (never a folder that is not a run's; "
+        "default: refuse)",
     )
     _run_args(r)
     r.set_defaults(func=cmd)

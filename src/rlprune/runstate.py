@@ -2,6 +2,7 @@
 
 Layout::
 
+    RUN/rlprune-run.json   identity: config hash, input checkpoint and dataset fingerprints
     RUN/config.yaml        resolved config
     RUN/metrics.jsonl      one JSON object per event (rollout/..., train/..., eval/..., model/...)
     RUN/state/baseline.json  baseline measurements (computed once)
@@ -10,23 +11,29 @@ Layout::
     RUN/state/final.pt     model after the final fine-tune
 
 Every file is written atomically (temp + fsync + rename), so a kill at any moment leaves the
-previous good state; a corrupt state file is reported and the previous good one is used.
+previous good state; a corrupt state file is reported and the previous good one is used. No
+file is written through a symbolic link (:mod:`rlprune.safefs`), and :meth:`RunDir.claim`
+refuses a folder that is not this run's (:mod:`rlprune.runfolder`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from rlprune.checkpoint import atomic_write, unpickling_refusal
-from rlprune.config import PruneConfig, config_from_dict, config_to_dict
+from rlprune.checkpoint import atomic_write, refusal_message
+from rlprune.config import PruneConfig, config_from_dict, config_to_dict, load_yaml
 from rlprune.errors import CheckpointError, ConfigError, RlpruneError
+from rlprune.runfolder import RunIdentity, claim
+from rlprune.safefs import open_append, refuse_link
 
 __all__ = ["RunDir"]
 
@@ -48,6 +55,14 @@ class RunDir:
         self.state = self.root / "state"
 
     # ----------------------------------------------------------------- lifecycle
+    def claim(self, identity: RunIdentity, resume: bool, overwrite: bool = False) -> bool:
+        """Check (and on a fresh start create and mark) the folder; True when resuming.
+
+        Raises:
+            RlpruneError: the folder is not this run's to write (see :func:`runfolder.claim`).
+        """
+        return claim(self.root, identity, resume, overwrite)
+
     def start(self, cfg: PruneConfig, resume: bool) -> PruneConfig:
         """Create the folder (or check it on resume) and write ``config.yaml``.
 
@@ -55,6 +70,7 @@ class RunDir:
             ConfigError: resuming with a different config, or an existing run without --resume.
         """
         cfg_path = self.root / "config.yaml"
+        refuse_link(self.state)  # a planted state -> elsewhere link
         if cfg_path.exists():
             if not resume:
                 raise ConfigError(
@@ -62,7 +78,8 @@ class RunDir:
                     "or choose a new --out"
                 )
             try:
-                stored = config_from_dict(PruneConfig, yaml.safe_load(cfg_path.read_text()))
+                text = cfg_path.read_text()
+                stored = config_from_dict(PruneConfig, load_yaml(text, str(cfg_path)))
             except (OSError, yaml.YAMLError, TypeError, ValueError) as e:
                 raise ConfigError(
                     f"{cfg_path} is unreadable or corrupt ({type(e).__name__}); "
@@ -90,8 +107,10 @@ class RunDir:
                 log.info("removing %s, left by an interrupted write", tmp)
                 tmp.unlink(missing_ok=True)
         metrics = self.root / "metrics.jsonl"
+        refuse_link(metrics)
         if metrics.exists() and metrics.stat().st_size:
-            with open(metrics, "rb+") as f:
+            fd = os.open(metrics, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, "rb+") as f:
                 f.seek(-1, 2)
                 if f.read(1) != b"\n":
                     f.write(b"\n")  # the next record starts on its own line
@@ -99,7 +118,7 @@ class RunDir:
     # ----------------------------------------------------------------- metrics
     def log_metrics(self, record: dict[str, Any]) -> None:
         """Append one JSON line to ``metrics.jsonl`` (flushed; a torn last line is skipped on read)."""
-        with open(self.root / "metrics.jsonl", "a") as f:
+        with open_append(self.root / "metrics.jsonl") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
 
@@ -132,17 +151,22 @@ class RunDir:
 
     def save_state(self, name: str, obj: dict[str, Any]) -> None:
         """Save a dict of plain types and tensors to ``state/NAME`` (weights_only-loadable)."""
-        path = self.state / name
+        path, prev = self.state / name, self.state / f"{name}.prev"
+        for p in (self.state, path, prev):
+            refuse_link(p)
         if path.exists():  # keep the previous good copy in case this one is torn later
-            path.replace(self.state / f"{name}.prev")
+            path.replace(prev)
         atomic_write(path, lambda f: torch.save(obj, f))
 
-    def load_state(self, name: str) -> dict[str, Any] | None:
+    def load_state(
+        self, name: str, check: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any] | None:
         """Load ``state/NAME``; falls back to the previous good copy if it is corrupt.
 
         Loads with ``weights_only=True``: a file that needs arbitrary code is refused, never
-        run. A file that is torn, unsafe, or lacks the keys the search stores in it is skipped
-        with one warning line.
+        run. A file that is torn, unsafe, lacks the keys the search stores in it, or fails
+        ``check`` (which raises :class:`CheckpointError`: e.g. shapes that do not fit the
+        model) is skipped with one warning line.
         """
         for path in (self.state / name, self.state / f"{name}.prev"):
             if not path.exists():
@@ -151,12 +175,7 @@ class RunDir:
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
             except pickle.UnpicklingError as e:
-                unsafe, reason = unpickling_refusal(e)
-                if unsafe:
-                    what = f"is not a safe state file (refused to unpickle: {reason})"
-                else:
-                    what = f"is corrupt (bad pickle: {reason})"
-                log.warning("state file %s %s; %s", path, what, then)
+                log.warning("%s; %s", refusal_message(path, e, "state file"), then)
                 continue
             except Exception as e:  # torn zip: RuntimeError, EOFError, ...
                 log.warning("state file %s is corrupt (%s); %s", path, _first_line(e), then)
@@ -168,6 +187,12 @@ class RunDir:
             )
             if missing:
                 log.warning("state file %s lacks %s; %s", path, ", ".join(missing), then)
+                continue
+            try:
+                if check is not None:
+                    check(obj)
+            except CheckpointError as e:
+                log.warning("state file %s does not fit this run (%s); %s", path, e, then)
                 continue
             return obj
         return None

@@ -68,6 +68,7 @@ def prune(
     spec: ModelSpec | None = None,
     hflip: bool = False,
     resume: bool = False,
+    overwrite: bool = False,
     device: str | torch.device = "cpu",
     progress: bool = False,
     dist_ctx: DistContext | None = None,
@@ -81,7 +82,9 @@ def prune(
         out_dir: run folder (config, metrics, state, report, pruned model files).
         spec: the zoo spec, if any, stored in the pruned-model file.
         hflip: whether fine-tuning may flip images horizontally.
-        resume: continue a killed run in ``out_dir`` (same seed -> same masks).
+        resume: continue a killed run in ``out_dir`` (same seed -> same masks); refused when
+            the folder was made from another config, model or dataset.
+        overwrite: replace an earlier run in ``out_dir`` (never a folder that is not a run's).
         device: where fine-tuning runs (rollouts run there too).
         progress: tqdm bars.
         dist_ctx: torchrun job context (rollouts sharded, DDP fine-tuning, rank 0 writes).
@@ -94,7 +97,10 @@ def prune(
     cfg = config or PruneConfig()
     dist = dist_ctx or DistContext()
     find_units(model, val.images[:1].to(next(model.parameters()).device), cfg.exclude)  # fail early
-    runtime = SearchRuntime.open(out_dir, cfg, resume, dist, device, train, hflip, progress)
+    inputs = (model, (train, val, test))
+    runtime = SearchRuntime.open(
+        out_dir, cfg, resume, dist, device, train, hflip, progress, inputs, overwrite
+    )
     cfg = runtime.cfg
     original = copy.deepcopy(model).to(device).eval()
     session = open_session(original, train, val, test, runtime)

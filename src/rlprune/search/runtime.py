@@ -8,8 +8,9 @@ runs under DDP with each rank on its stride of the training split.
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from rlprune.agent import Agent
-from rlprune.checkpoint import apply_shapes, capture_shapes
+from rlprune.checkpoint import apply_shapes, capture_shapes, check_shrinks
 from rlprune.config import PruneConfig
 from rlprune.data import Split
 from rlprune.distributed import DistContext, FollowerRunDir, shard_split
+from rlprune.errors import CheckpointError
 from rlprune.outputs import Measurement
+from rlprune.runfolder import RunIdentity, config_hash, tensors_fingerprint
 from rlprune.runstate import RunDir
 from rlprune.search.records import UnitProgress, UnitRecord
 from rlprune.train import fine_tune
@@ -65,9 +68,17 @@ class SearchRuntime:
         train: Split,
         hflip: bool,
         progress: bool,
+        inputs: tuple[nn.Module, Sequence[Split | None]] | None = None,
+        overwrite: bool = False,
     ) -> SearchRuntime:
-        """Create (or, with ``resume``, check and reopen) the run folder."""
+        """Create (or, with ``resume``, check and reopen) the run folder.
+
+        ``inputs``: the model to prune and the dataset's splits, fingerprinted into the run's
+        identity so that ``resume`` refuses a folder made from other inputs.
+        """
         run = RunDir(out_dir) if dist.is_main else FollowerRunDir(out_dir)
+        if dist.is_main:
+            resume = run.claim(identity(cfg, inputs), resume, overwrite)
         cfg = run.start(cfg, resume)
         dist.barrier()  # followers read the folder rank 0 has just created
         return cls(run, dist, cfg, device, shard_split(train, dist), hflip, progress)
@@ -110,7 +121,7 @@ class SearchRuntime:
     def load_walk(self, model: nn.Module, agent: Agent) -> list[UnitRecord]:
         """Restore ``model`` and ``agent`` as they were after the last finished unit; returns
         the records of the finished units (none on a fresh run)."""
-        saved = self.run.load_state("model.pt")
+        saved = self.run.load_state("model.pt", lambda s: _fits_model(model, s))
         if saved is None:
             return []
         apply_shapes(model, saved["shapes"])  # keeps the model's layout
@@ -133,7 +144,7 @@ class SearchRuntime:
 
     def load_unit(self, unit: str, agent: Agent) -> UnitProgress | None:
         """The agent's progress inside ``unit`` if a killed run left one (restores ``agent``)."""
-        inside = self.run.load_state("agent.pt")
+        inside = self.run.load_state("agent.pt", lambda s: _fits_agent(agent, s))
         if inside is None or inside.get("unit") != unit:
             return None
         agent.load_state_dict(inside["agent"])
@@ -148,7 +159,7 @@ class SearchRuntime:
 
     def final_tune(self, model: nn.Module, seed: int, steps: int) -> None:
         """The final fine-tune, done once (a resumed run loads its result)."""
-        final = self.run.load_state("final.pt")
+        final = self.run.load_state("final.pt", lambda s: _fits_model(model, s))
         if final is not None:
             model.load_state_dict(final["state_dict"])
         else:
@@ -158,3 +169,59 @@ class SearchRuntime:
 
     def log_metrics(self, record: dict[str, Any]) -> None:
         self.run.log_metrics(record)
+
+
+def identity(
+    cfg: PruneConfig, inputs: tuple[nn.Module, Sequence[Split | None]] | None
+) -> RunIdentity:
+    """The run's identity: config hash, input model and dataset fingerprints."""
+    if inputs is None:
+        return RunIdentity("prune", config_hash(cfg), None, None)
+    model, splits = inputs
+    named = [
+        (f"{i}.{part}", t)
+        for i, split in enumerate(splits)
+        if split is not None
+        for part, t in (("images", split.images), ("labels", split.labels))
+    ]
+    return RunIdentity(
+        "prune",
+        config_hash(cfg),
+        tensors_fingerprint(model.state_dict().items()),
+        tensors_fingerprint(named),
+    )
+
+
+def _fits_model(model: nn.Module, state: dict[str, Any]) -> None:
+    """A state file's model fits ``model``: widths within its own (as a checkpoint's), then the
+    tensors load into a copy; otherwise :class:`CheckpointError`."""
+    probe = copy.deepcopy(model)
+    try:
+        if "shapes" in state:
+            shapes = state["shapes"]
+            if not isinstance(shapes, dict) or not all(
+                isinstance(v, list) and all(type(x) is int for x in v) for v in shapes.values()
+            ):
+                raise CheckpointError("'shapes' must map layer names to lists of integers")
+            check_shrinks(probe, shapes, "state")
+            apply_shapes(probe, shapes)
+            for r in state["records"]:
+                UnitRecord.from_dict(r)
+        probe.load_state_dict(state["state_dict"], strict=True)
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{type(e).__name__}: {str(e).strip()[:120]}") from e
+
+
+def _fits_agent(agent: Agent, state: dict[str, Any]) -> None:
+    """An agent state loads into a copy of ``agent`` without allocating beyond what the file
+    holds (``in_dim`` sizes the policy a mismatch rebuilds)."""
+    try:
+        saved = state["agent"]
+        stored = sum(t.numel() for t in saved["policy"].values() if isinstance(t, torch.Tensor))
+        in_dim = saved["in_dim"]
+        if type(in_dim) is not int or not 1 <= in_dim <= stored:
+            raise CheckpointError(f"agent in_dim {str(in_dim)[:20]} does not fit its policy")
+        copy.deepcopy(agent).load_state_dict(saved)
+        UnitProgress.from_state(state["progress"])
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{type(e).__name__}: {str(e).strip()[:120]}") from e
