@@ -66,7 +66,7 @@ def downstream_bns(model: nn.Module, unit: Unit) -> list[str]:
             for n, m in model.named_modules()
             if isinstance(m, nn.BatchNorm2d) and names.index(n) > first
         ]
-    status = _classify(gm, set(unit.producers))
+    status = _classify(gm, *_producers(unit))
     mods = dict(gm.named_modules())
     return [
         str(n.target)
@@ -77,7 +77,17 @@ def downstream_bns(model: nn.Module, unit: Unit) -> list[str]:
     ]
 
 
-def _classify(gm: fx.GraphModule, producers: set[str]) -> dict[fx.Node, int]:
+def _producers(unit: Unit) -> tuple[set[str], set[str]]:
+    """``(producers seeing the unit's channels as they are, producers seeing them through a
+    map)``: a concat slice or a grouped conv is not ``mask * v``, so it stays DIRTY (its hook
+    masks it in the suffix)."""
+    mapped = {name for name, is_input, _, _ in unit.maps if not is_input}
+    return set(unit.producers) - mapped, set(unit.producers) & mapped
+
+
+def _classify(
+    gm: fx.GraphModule, producers: set[str], sliced: set[str] | frozenset[str] = frozenset()
+) -> dict[fx.Node, int]:
     """CLEAN / PRE / DIRTY status of every node (see module docstring)."""
     mods = dict(gm.named_modules())
     status: dict[fx.Node, int] = {}
@@ -91,7 +101,9 @@ def _classify(gm: fx.GraphModule, producers: set[str]) -> dict[fx.Node, int]:
             per_channel = isinstance(mod, (*_ZERO_PRESERVING, nn.BatchNorm2d)) or (
                 isinstance(mod, nn.Conv2d) and mod.groups == mod.in_channels == mod.out_channels
             )
-            if node.target in producers:
+            if node.target in sliced:  # masked through a map, not as ``mask * v``
+                s = DIRTY
+            elif node.target in producers:
                 s = PRE if worst == CLEAN or (worst == PRE and per_channel) else DIRTY
             elif worst == CLEAN:
                 s = CLEAN
@@ -104,8 +116,9 @@ def _classify(gm: fx.GraphModule, producers: set[str]) -> dict[fx.Node, int]:
             if worst == CLEAN:
                 s = CLEAN
             elif (
-                zero_pres
+                zero_pres  # relu(m*v) = m*relu(v) holds for a PRE input, not a DIRTY one
                 and len(ins) == 1
+                and worst == PRE
                 or node.op == "call_function"
                 and node.target in _ADD
                 and all(i == PRE for i in ins)
@@ -136,7 +149,7 @@ def split_at_frontier(
         gets the mask multiplied in.
     """
     gm = fx.symbolic_trace(model)
-    status = _classify(gm, set(unit.producers))
+    status = _classify(gm, *_producers(unit))
     frontier = [
         n for n in gm.graph.nodes if status[n] != DIRTY and any(status[u] == DIRTY for u in n.users)
     ]

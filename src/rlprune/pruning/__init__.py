@@ -23,7 +23,8 @@ from rlprune.pruning.metrics import (
     measure_latency,
 )
 from rlprune.pruning.surgery import remove_channels
-from rlprune.pruning.units import Unit, build_graph, classifier_names, find_units, resolve_min_keep
+from rlprune.pruning.units import Unit, build_graph, classifier_names, resolve_min_keep, trace_units
+from rlprune.pruning.verify import check_unit, find_units, skipped_units
 
 __all__ = [
     "ActivationStats",
@@ -36,6 +37,7 @@ __all__ = [
     "bn_gamma",
     "bn_scale",
     "build_graph",
+    "check_unit",
     "classifier_names",
     "count_macs_params",
     "file_size",
@@ -47,4 +49,6 @@ __all__ = [
     "measure_latency",
     "remove_channels",
     "resolve_min_keep",
+    "skipped_units",
+    "trace_units",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,15 +41,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def _conv_rows(model: nn.Module, unit: Unit, to_cpu: bool) -> list[torch.Tensor]:
-    """Detached filters of the unit's producer convs, each ``[C, C_in/groups * k * k]``."""
+def _conv_rows(model: nn.Module, unit: Unit, to_cpu: bool) -> list[tuple[str, torch.Tensor]]:
+    """Detached filters of the unit's producer convs, each ``(name, [N, C_in/groups * k * k])``
+    (``N`` the conv's output channels; :meth:`Unit.gather` maps them onto the unit's)."""
     mods = dict(model.named_modules())
-    rows: list[torch.Tensor] = []
+    rows: list[tuple[str, torch.Tensor]] = []
     for n in unit.producers:
         m = mods[n]
         if isinstance(m, nn.Conv2d):
             w = m.weight.detach().flatten(1)
-            rows.append(w.cpu() if to_cpu else w)
+            rows.append((n, w.cpu() if to_cpu else w))
     return rows
 
 
@@ -65,8 +67,8 @@ def filter_l1(model: nn.Module, unit: Unit, *, reduce_on_cpu: bool = False) -> t
             the CPU; on an accelerator the summation order, so the last bits, may differ.
     """
     total = torch.zeros(unit.channels)
-    for w in _conv_rows(model, unit, reduce_on_cpu):
-        total += w.abs().sum(1).cpu()
+    for n, w in _conv_rows(model, unit, reduce_on_cpu):
+        total += unit.gather(w.abs().sum(1).cpu(), n)
     return total
 
 
@@ -77,8 +79,8 @@ def filter_l2(model: nn.Module, unit: Unit, *, reduce_on_cpu: bool = False) -> t
     per-conv norms. ``reduce_on_cpu`` as in :func:`filter_l1`.
     """
     total = torch.zeros(unit.channels)
-    for w in _conv_rows(model, unit, reduce_on_cpu):
-        total += w.pow(2).sum(1).cpu()
+    for n, w in _conv_rows(model, unit, reduce_on_cpu):
+        total += unit.gather(w.pow(2).sum(1).cpu(), n)
     return total.sqrt()
 
 
@@ -89,10 +91,10 @@ def bn_gamma(model: nn.Module, unit: Unit) -> torch.Tensor:
     state uses it: ``sum_i |gamma_i| / n``, accumulated BN by BN. Returns ``[C]``.
     """
     mods = dict(model.named_modules())
-    bns = [mods[n] for n in unit.producers if isinstance(mods[n], nn.BatchNorm2d)]
+    bns = [n for n in unit.producers if isinstance(mods[n], nn.BatchNorm2d)]
     gamma = torch.zeros(unit.channels)
-    for bn in bns:
-        gamma += bn.weight.detach().abs().cpu() / len(bns)
+    for n in bns:
+        gamma += unit.gather(mods[n].weight.detach().abs().cpu(), n, mean=True) / len(bns)
     return gamma
 
 
@@ -107,8 +109,12 @@ def bn_scale(model: nn.Module, unit: Unit) -> torch.Tensor | None:
         unscored unit means).
     """
     mods = dict(model.named_modules())
-    bns = [mods[n] for n in unit.producers if isinstance(mods[n], nn.modules.batchnorm._BatchNorm)]
-    gammas = [bn.weight.detach().abs().cpu() for bn in bns if bn.weight is not None]
+    bns = [n for n in unit.producers if isinstance(mods[n], nn.modules.batchnorm._BatchNorm)]
+    gammas = [
+        unit.gather(mods[n].weight.detach().abs().cpu(), n, mean=True)
+        for n in bns
+        if mods[n].weight is not None
+    ]
     if not gammas:
         return None
     return torch.stack(gammas).mean(0).float()
@@ -148,16 +154,19 @@ def activation_statistics(
         y: labels ``[B]``.
     """
     mods = dict(model.named_modules())
-    convs = [mods[n] for n in unit.producers if isinstance(mods[n], nn.Conv2d)]
-    bns = [mods[n] for n in unit.producers if isinstance(mods[n], nn.BatchNorm2d)]
+    convs = [n for n in unit.producers if isinstance(mods[n], nn.Conv2d)]
+    bns = [n for n in unit.producers if isinstance(mods[n], nn.BatchNorm2d)]
     taps = bns if bns else convs
-    outs: list[torch.Tensor] = []
+    outs: list[tuple[str, torch.Tensor]] = []
 
-    def keep(_m: nn.Module, _i: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        out.retain_grad()
-        outs.append(out)
+    def tap(name: str) -> Any:
+        def keep(_m: nn.Module, _i: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            out.retain_grad()
+            outs.append((name, out))
 
-    handles = [m.register_forward_hook(keep) for m in taps]
+        return keep
+
+    handles = [mods[n].register_forward_hook(tap(n)) for n in taps]
     was_training = model.training
     model.eval()
     try:
@@ -171,13 +180,13 @@ def activation_statistics(
     act = torch.zeros(c)
     apoz = torch.zeros(c)
     taylor = torch.zeros(c)
-    for out in outs:
+    for name, out in outs:
         o = out.detach().cpu()
         dims = [d for d in range(o.dim()) if d != 1]
-        act += o.clamp_min(0).mean(dim=dims) / len(outs)
-        apoz += (o <= 0).float().mean(dim=dims) / len(outs)
+        act += unit.gather(o.clamp_min(0).mean(dim=dims), name, mean=True) / len(outs)
+        apoz += unit.gather((o <= 0).float().mean(dim=dims), name, mean=True) / len(outs)
         if out.grad is not None:
-            taylor += (o * out.grad.cpu()).mean(dim=dims).abs()
+            taylor += unit.gather((o * out.grad.cpu()).mean(dim=dims).abs(), name)
     model.zero_grad(set_to_none=True)
     return ActivationStats(mean_act=act, apoz=apoz, taylor=taylor)
 
@@ -192,13 +201,15 @@ def _group_scores(
     mods = dict(model.named_modules())
     out: dict[str, torch.Tensor] = {}
     for u in units:
-        group = graph.get_pruning_group(
-            mods[u.name], tp.prune_conv_out_channels, idxs=list(range(u.channels))
-        )
+        root = mods[u.name]
+        local, _ = u.index(u.name)  # the root's channels (all of a grouped conv's groups)
+        group = graph.get_pruning_group(root, tp.prune_conv_out_channels, idxs=sorted(local))
         score = imp(group)
         if score is None:  # a group with no parameterised layer (not in the zoo)
-            score = torch.full((u.channels,), math.inf)
-        out[u.name] = torch.nan_to_num(score.detach().float().cpu(), nan=0.0)
+            out[u.name] = torch.full((u.channels,), math.inf)
+            continue
+        full = torch.nan_to_num(score.detach().float().cpu(), nan=0.0)
+        out[u.name] = u.gather(full, u.name, mean=True)  # [C] in root order -> unit channels
     return out
 
 

@@ -18,6 +18,21 @@ __all__ = ["remove_channels"]
 log = logging.getLogger(__name__)
 
 
+def _keep_every_member(model: nn.Module, unit: Unit, keep: torch.Tensor) -> None:
+    """A conv that owns a slice of the unit (one input of a concat) cannot lose all of it (no
+    zero-channel layer): its channel with the largest filter L1 norm is kept back. ``keep [C]``
+    is updated in place."""
+    mods = dict(model.named_modules())
+    for name in unit.producers:
+        _, owned = unit.index(name)
+        if not isinstance(mods[name], nn.Conv2d) or keep[owned].any():
+            continue
+        l1 = filter_l1(model, unit)
+        best = owned[int(torch.argmax(l1[owned]))]
+        keep[best] = True
+        log.warning("%s: the mask empties %s; kept its channel %d", unit.name, name, best)
+
+
 def remove_channels(
     model: nn.Module,
     unit: Unit,
@@ -53,13 +68,19 @@ def remove_channels(
         extra = torch.topk(l1, need - int(keep.sum())).indices
         keep[extra] = True
         log.warning("%s: mask kept too few channels; min_keep guard kept %d", unit.name, need)
+    _keep_every_member(model, unit, keep)
     pruned = torch.nonzero(~keep).flatten().tolist()
     kept = torch.nonzero(keep).flatten().tolist()
     if not pruned:
         return kept
     dg = build_graph(model, example_input)
     root = dict(model.named_modules())[unit.name]
-    group = dg.get_pruning_group(root, tp.prune_conv_out_channels, idxs=pruned)
+    # The root's own channels of the pruned unit channels (all G of a grouped conv's tied ones);
+    # torch-pruning carries them to every member through its index mapping.
+    local, unit_idx = unit.index(unit.name)
+    gone = set(pruned)
+    idxs = sorted(lo for lo, u in zip(local, unit_idx, strict=True) if u in gone)
+    group = dg.get_pruning_group(root, tp.prune_conv_out_channels, idxs=idxs)
     if not dg.check_pruning_group(group):
         raise PruningError(f"torch-pruning refused to prune {unit.name} to {len(kept)} channels")
     nhwc = is_channels_last(model)
