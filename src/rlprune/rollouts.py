@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from rlprune.bnadapt import adapted_bn
+from rlprune.errors import PruningError
 from rlprune.frontier import downstream_bns, split_at_frontier
 from rlprune.pruning import Unit, UnitMask, remove_channels
 
@@ -277,9 +278,26 @@ def make_scorer(
     if fast:
         try:
             return PrefixScorer(model, unit, x, y, batch_size, cache_mb, calib_x)
+        except PruningError:
+            raise
         except Exception as e:  # fx raises many types on dynamic control flow
-            log.warning(
-                "torch.fx cannot trace the model (%s); scoring with full forward passes",
+            # Once per model (every unit of an untraceable model fails the same way).
+            level = logging.INFO if model.__dict__.get(_FX_WARNED) else logging.WARNING
+            object.__setattr__(model, _FX_WARNED, True)
+            log.log(
+                level,
+                "torch.fx cannot trace the model (%s: %s); scoring with full forward passes",
                 type(e).__name__,
+                _first_line(e),
             )
     return MaskedScorer(model, unit, x, y, batch_size, calib_x)
+
+
+_FX_WARNED = "_rlprune_fx_warned"
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an exception's message, shortened: a log line, not a traceback."""
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else "no message"
+    return text if len(text) <= 200 else text[:197] + "..."
