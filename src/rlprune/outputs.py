@@ -15,7 +15,7 @@ from rlprune.checkpoint import save_checkpoint
 from rlprune.config import PruneConfig, config_to_dict
 from rlprune.data import Split
 from rlprune.models import ModelSpec
-from rlprune.pruning import count_macs_params, file_size, measure_latency
+from rlprune.pruning import count_macs_params, file_size, measure_latency, skipped_units
 from rlprune.pruning.export import export_onnx, export_pt2
 from rlprune.report import write_report
 from rlprune.runstate import RunDir
@@ -111,6 +111,7 @@ def write_outputs(
         "baseline": baseline.to_dict(),
         "pruned": pruned.to_dict(),
         "units": records,
+        "not_pruned": skipped_units(model),  # units the masked-vs-cut check skipped
     }
     run.write_json("report.json", report)
     write_report(run.root)
