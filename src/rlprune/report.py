@@ -185,15 +185,6 @@ def _not_pruned(rep: dict[str, Any]) -> list[str]:
     return lines + [f"- `{name}`: {why}" for name, why in skipped.items()]
 
 
-def _not_pruned(rep: dict[str, Any]) -> list[str]:
-    """Lines listing the units the masked-vs-cut check left unpruned (none: no lines)."""
-    skipped = rep.get("not_pruned")
-    if not isinstance(skipped, dict) or not skipped:
-        return []
-    lines = ["", "## Not pruned", "", "Units skipped before the search (the rest was pruned):", ""]
-    return lines + [f"- `{name}`: {why}" for name, why in skipped.items()]
-
-
 def write_report(run_dir: str | Path) -> Path:
     """(Re)generate ``report.md`` and the plots from ``report.json``."""
     root = Path(run_dir)
@@ -238,7 +229,6 @@ def write_report(run_dir: str | Path) -> Path:
             f"{u.get('agent_s', float('nan')):.0f} | "
             f"{u.get('finetune_s', float('nan')):.0f} |"
         )
-    lines += _not_pruned(rep)
     lines += _not_pruned(rep)
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     text = "\n".join(lines) + "\n"
