@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import os
 import shutil
 import subprocess
 import zipfile
@@ -25,6 +26,7 @@ from tests.faultkit import (
     prune_argv,
     report_masks,
     run_cli,
+    run_cli_capped,
     run_main,
 )
 
@@ -241,3 +243,43 @@ def test_load_pt2_refuses_pickled_payloads(finished_run: Path, tmp_path: Path) -
         error = e
     assert not marker.exists(), "loading the .pt2 ran code from the file"
     assert isinstance(error, RlpruneError), error
+
+
+def test_tampered_state_shapes_are_checked_like_checkpoints(
+    digits_baseline: Path, finished_run: Path, tmp_path: Path
+) -> None:
+    """A state/model.pt claiming a 2^40-wide layer and an agent.pt claiming a 10^9-input policy
+    are skipped (one warning each) for the previous good copies, under a memory cap: nothing is
+    allocated from their claims, and the run ends with the same masks."""
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    (out / "report.json").unlink()
+    walk = torch.load(out / "state" / "model.pt", weights_only=True)
+    first = next(iter(walk["shapes"]))
+    walk["shapes"][first] = [2**40, *walk["shapes"][first][1:]]
+    torch.save(walk, out / "state" / "model.pt")
+    inside = torch.load(out / "state" / "agent.pt", weights_only=True)
+    inside["agent"]["in_dim"] = 10**9
+    torch.save(inside, out / "state" / "agent.pt")
+    argv = prune_argv(digits_baseline, out, "--resume")[3:]  # drop "python -m rlprune"
+    proc = run_cli_capped(*argv, mem_mb=1536, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("model.pt", "agent.pt"):
+        lines = [ln for ln in proc.stderr.splitlines() if f"state/{name} does not fit" in ln]
+        assert len(lines) == 1, proc.stderr
+    assert report_masks(out) == report_masks(finished_run)
+
+
+def test_a_pickled_call_of_a_blocked_module_is_named_as_code(tmp_path: Path, capsys) -> None:
+    """torch words this refusal differently (no "WeightsUnpickler error:"); it is still named
+    as code, with none of torch's advice to load it unsafely."""
+
+    class System:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"format": "rlprune-checkpoint", "version": 1, "x": System()}, bad)
+    proc = run_main(capsys, "eval", "--checkpoint", bad, "--dataset", "digits")
+    assert_one_error_line(proc, "holds code", "system", "was refused")
+    assert "weights_only" not in proc.stderr

@@ -73,13 +73,24 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
             raise RlpruneError(f"cannot write {path}: {e.strerror or e}") from e
-        if isinstance(e, RuntimeError) and "write" in str(e).lower():
-            # torch.save reports a full disk as RuntimeError("... file write failed")
-            raise RlpruneError(
-                f"cannot write {path}: writing failed, is the disk full? ({_first_line(e)})"
-            ) from e
+        cause = _os_error(e)
+        if isinstance(e, RuntimeError) and (cause is not None or "write" in str(e).lower()):
+            # torch.save reports a full disk as a RuntimeError ("file write failed", or an
+            # "unexpected pos" raised while an OSError is being handled)
+            why = cause.strerror if cause is not None and cause.strerror else _first_line(e)
+            raise RlpruneError(f"cannot write {path}: {why} (is the disk full?)") from e
         raise
     return path
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The OSError in ``e``'s chain of causes, if any."""
+    seen: BaseException | None = e
+    for _ in range(10):
+        if seen is None or isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _first_line(e: BaseException) -> str:

@@ -256,8 +256,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except CheckpointError:
         print("training the baseline: vgg-small, 3 epochs on Fashion-MNIST")
         train_cfg = TrainConfig(epochs=3.0, seed=0)
-        # demo owns base/: an earlier, unfinished baseline there is replaced
-        _train("vgg-small", 1.0, source, train_cfg, base.parent, args.device, args.quiet, True)
+        _train("vgg-small", 1.0, source, train_cfg, base.parent, args.device, args.quiet)
     prune_dir = out / "prune"
     sets = [*(args.set or []), "reward.mode=accuracy", "reward.max_acc_drop=1.0", "seed=0"]
     cfg = load_config(PruneConfig, args.config, sets)

@@ -262,8 +262,7 @@ def load_dataset(
             by the same seeded permutation.
         max_mb: Memory cap (MiB) of the float32 training tensor; above it the training part is
             subsampled (same permutation) and a log line says so. Val and test are never cut.
-        input_size: ``(H, W)`` of the model the data is for: ``image-folder`` images are
-            resized to it (one image at a time). The other datasets have a fixed size.
+        input_size: ``(H, W)`` of the model: image-folder images are resized to it, one by one.
 
     Returns:
         A :class:`DatasetSplits` whose splits hold float32 ``[N, C, H, W]`` images normalised
