@@ -277,9 +277,20 @@ def _report(**changes: object) -> dict:
         (_report(units__channels_before=KeyError), "units[0].channels_before"),
         (_report(units__reward_curve=["a"]), "reward_curve"),
         (_report(config=KeyError), "config.reward.mode"),
+        (_report(units__det_reward_start=0.1), "units[0].det_reward is missing"),
         ("{not json", "not a valid rlprune report"),
     ],
-    ids=["list", "no-units", "macs-0", "string-number", "unit-key", "curve", "config", "json"],
+    ids=[
+        "list",
+        "no-units",
+        "macs-0",
+        "string-number",
+        "unit-key",
+        "curve",
+        "config",
+        "det-reward",
+        "json",
+    ],  # fmt: skip
 )
 def test_malformed_report_json(tmp_path: Path, capsys, report: object, needle: str) -> None:
     run = tmp_path / "run"

@@ -119,6 +119,8 @@ def _validate(rep: Any) -> None:
         _check_numbers(u, _UNIT, f"units[{i}]")
         if not isinstance(u.get("unit"), str) or not isinstance(u.get("chosen"), str):
             raise ValueError(f"units[{i}].unit or .chosen is not a string")
+        if u.get("det_reward_start") is not None and u.get("det_reward") is None:
+            raise ValueError(f"units[{i}].det_reward is missing")
         curve = u.get("reward_curve")
         if not isinstance(curve, list) or not all(
             isinstance(x, _NUMBER) and not isinstance(x, bool) for x in curve
