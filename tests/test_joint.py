@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -162,3 +163,114 @@ def test_joint_can_start_from_global_magnitude(tmp_path: Path) -> None:
         out_dir=tmp_path / "gm",
     )  # fmt: skip
     assert res.pruned.macs / res.baseline.macs <= cfg.reward.target_macs * 1.02
+
+
+def _decoy_env(cfg: PruneConfig, n: int = 200) -> tuple[object, object]:
+    from rlprune.env import JointEnv
+
+    model, val = DecoyNet(), toy_split(n, 1)
+    reward = val.subset(cfg.rollout.reward_set, seed=cfg.seed)
+    env = JointEnv(
+        model, (reward.images, reward.labels), (val.images, val.labels), val.images[:1], cfg, 1
+    )
+    return env, SimpleNamespace(val=val, cfg=cfg)
+
+
+def test_held_out_images_are_the_validation_split_outside_the_reward_set() -> None:
+    from rlprune.search.joint import held_out
+
+    cfg = _joint_cfg(lr=0.05)  # reward set: 200 images
+    env, session = _decoy_env(cfg, n=300)
+    x, y = held_out(session, env)  # type: ignore[arg-type]
+    assert len(y) == 100
+    flat = {tuple(r.tolist()) for r in x.flatten(1)}
+    assert not flat & {tuple(r.tolist()) for r in env.reward_x.flatten(1)}  # type: ignore[attr-defined]
+    assert len(flat | {tuple(r.tolist()) for r in env.reward_x.flatten(1)}) == 300  # type: ignore[attr-defined]
+    env.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("learnt_is_right", [True, False])
+def test_the_learnt_mask_replaces_the_start_only_if_better_on_held_out(
+    learnt_is_right: bool,
+) -> None:
+    from rlprune.search.joint import choose
+
+    env, session = _decoy_env(_joint_cfg(lr=0.05), n=400)
+    right, wrong = torch.tensor([1.0] * 4 + [0.0] * 4), torch.tensor([0.0] * 4 + [1.0] * 4)
+    start, learnt = (wrong, right) if learnt_is_right else (right, wrong)
+    got = choose(session, env, start, learnt)  # type: ignore[arg-type]
+    assert torch.equal(got.mask, right)
+    assert got.chosen == ("joint" if learnt_is_right else "prior")
+    env.close()  # type: ignore[attr-defined]
+
+
+class _RandomTwoConv(nn.Sequential):
+    """Two 3x3 conv-BN-ReLU layers (16 filters each) with seeded random weights."""
+
+    def __init__(self) -> None:
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(0)
+        super().__init__(
+            nn.Conv2d(4, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
+        )  # fmt: skip
+        torch.random.set_rng_state(gen_state)
+        self.eval()
+
+
+def test_global_magnitude_start_is_that_heuristics_mask() -> None:
+    from rlprune.baselines import prune_to_target
+    from rlprune.env import JointEnv
+    from rlprune.pruning import group_magnitude
+    from rlprune.search.joint import start_point
+
+    cfg = _joint_cfg(lr=0.05)
+    cfg = dataclasses.replace(
+        cfg,
+        reward=dataclasses.replace(cfg.reward, target_macs=0.55),
+        joint=dataclasses.replace(cfg.joint, init="global-magnitude"),
+    )
+    model, data = _RandomTwoConv(), toy_split(64, 0)
+    x = data.images[:1]
+    env = JointEnv(model, (data.images, data.labels), (data.images, data.labels), x, cfg, 1)
+    start = start_point(SimpleNamespace(model=model, example=x, cfg=cfg), env)  # type: ignore[arg-type]
+    scores = group_magnitude(model, env.units, x)
+    counts = prune_to_target(_RandomTwoConv(), "global-magnitude", 0.55, x, min_keep=1)
+    assert start.mask is not None and start.prior is not None
+    for u, mask, prior in zip(
+        env.units, env.split(start.mask), env.split(start.prior), strict=True
+    ):
+        expect = torch.zeros(u.channels)
+        expect[torch.topk(scores[u.name], counts[u.name]).indices] = 1.0
+        assert torch.equal(mask, expect), u.name
+        assert torch.equal(prior > 0, expect > 0), u.name  # the prior's own decision is its mask
+        assert start.ratios is not None
+    assert start.ratios == [counts[u.name] / u.channels for u in env.units]
+    env.close()
+
+
+def test_joint_fine_tunes_once_with_the_whole_remaining_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rlprune.search.runtime import SearchRuntime
+
+    calls: list[tuple[int, int]] = []
+    real = SearchRuntime.tune
+
+    def spy(self: SearchRuntime, model: nn.Module, seed: int, steps: int, desc: str) -> dict:
+        calls.append((seed, steps))
+        return real(self, model, seed, steps, desc)
+
+    monkeypatch.setattr(SearchRuntime, "tune", spy)
+    cfg = _joint_cfg(lr=0.05, steps=4)
+    cfg = dataclasses.replace(
+        cfg, seed=3, finetune_steps=5, final_finetune_epochs=1.0, batch_size=64,
+        joint=dataclasses.replace(cfg.joint, train_weights=True),
+    )  # fmt: skip
+    prune(
+        DecoyNet(), toy_split(256, 0), toy_split(200, 1), cfg, test=toy_split(200, 2),
+        out_dir=tmp_path / "ft",
+    )  # fmt: skip
+    # 5 steps x 1 unit, 4 of them spent under masks, + one epoch of 256 images at batch 64
+    assert calls == [(3, 5 - 4 + 4)]

@@ -47,6 +47,7 @@ WalkOrder = Literal["forward", "reverse", "macs"]
 SearchStrategy = Literal["layerwise", "joint"]
 JointSignal = Literal["loss", "accuracy"]
 JointInit = Literal["uniform", "global-magnitude"]
+JointTrainMask = Literal["mode", "sample"]
 
 
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds both take it; seed + 1 stays in range
@@ -237,15 +238,22 @@ class JointConfig:
     # Where the per-unit keep levels start: the uniform allocation on the MAC target, or the
     # allocation global-magnitude ranking picks (learning then starts from that heuristic).
     init: JointInit = "uniform"
+    # With init=global-magnitude the policy starts ON that heuristic's mask: filter i's prior
+    # logit is (score_i - threshold_u) / temperature, its normalised group magnitude against its
+    # unit's cut, so sampled masks differ from it only near the cut.
+    temperature: float = 0.1
     train_weights: bool = True
+    train_mask: JointTrainMask = "sample"  # the mask the weights train under (see joint.py)
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "joint.steps", f"must be >= 1, got {self.steps}")
         _check(self.samples >= 2, "joint.samples", "must be >= 2 (a baseline needs two)")
         _check(self.images >= 1, "joint.images", f"must be >= 1, got {self.images}")
         _check(self.lr > 0, "joint.lr", f"must be > 0, got {self.lr}")
+        _check(0 < self.temperature <= 100, "joint.temperature", "must be in (0, 100]")
         _check_choice(self.signal, JointSignal, "joint.signal")
         _check_choice(self.init, JointInit, "joint.init")
+        _check_choice(self.train_mask, JointTrainMask, "joint.train_mask")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,29 +21,44 @@ __all__ = ["JointAgent", "JointPolicy"]
 
 
 class JointPolicy(nn.Module):
-    """``logit_i = base(state_i) + level[owner_i]``.
+    """``logit_i = base(state_i) + level[owner_i]``, or with a ``prior``
+    ``logit_i = prior_i + delta_i + level[owner_i]`` (``delta`` learnt, starting at 0).
 
     Args:
-        base: the per-filter policy network.
+        base: the per-filter policy network (unused with a prior).
         owner: ``[N]`` unit index of each filter.
         units: number of units U.
+        prior: ``[N]`` fixed logits, or None.
 
     Shapes: ``states [N, D] -> logits [N]``.
     """
 
     owner: torch.Tensor
+    prior: torch.Tensor
 
-    def __init__(self, base: PolicyNetwork, owner: torch.Tensor, units: int) -> None:
+    def __init__(
+        self,
+        base: PolicyNetwork,
+        owner: torch.Tensor,
+        units: int,
+        prior: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.base = base
         self.register_buffer("owner", owner.long().clone())
         self.levels = nn.Parameter(torch.zeros(units))
+        # With a fixed prior the policy is DECORE's: one free logit offset per filter on top of
+        # the prior (no shared network), starting at the prior's own decision.
+        self.register_buffer("prior", torch.zeros(0) if prior is None else prior.float().clone())
+        self.delta = nn.Parameter(torch.zeros_like(self.prior))
 
     @property
     def in_dim(self) -> int:
         return self.base.in_dim
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
+        if self.prior.numel():
+            return self.prior + self.delta + self.levels[self.owner]
         return self.base(states) + self.levels[self.owner]
 
     def keep_prob(self, states: torch.Tensor) -> torch.Tensor:
@@ -62,16 +77,26 @@ class JointAgent(Agent):
         owner: ``[N]`` unit index of each filter.
         units: number of units U.
         seed: seeds the policy's initial weights.
+        prior: ``[N]`` fixed prior logits (see :class:`JointPolicy`), or None.
     """
 
-    def __init__(self, cfg: AgentConfig, owner: torch.Tensor, units: int, seed: int = 0) -> None:
-        self.owner, self.n_units = owner, units
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        owner: torch.Tensor,
+        units: int,
+        seed: int = 0,
+        prior: torch.Tensor | None = None,
+    ) -> None:
+        self.owner, self.n_units, self.prior = owner, units, prior
         super().__init__(FEATURE_DIM, cfg, seed)
 
     def reset(self, in_dim: int, seed: int | None = None) -> None:
         super().reset(in_dim, seed)
         assert isinstance(self.policy, PolicyNetwork)
-        self.policy = JointPolicy(self.policy, self.owner, self.n_units)  # type: ignore[assignment]
+        self.policy = JointPolicy(  # type: ignore[assignment]
+            self.policy, self.owner, self.n_units, self.prior
+        )
         self.opt = torch.optim.Adam(self.policy.parameters(), lr=self.cfg.lr)
 
     def set_levels(self, levels: torch.Tensor) -> None:
@@ -84,7 +109,7 @@ class JointAgent(Agent):
     def base_logits(self, state: torch.Tensor) -> torch.Tensor:
         """Per-filter logits ``[N]`` without the unit levels."""
         assert isinstance(self.policy, JointPolicy)
-        return self.policy.base(state)
+        return self.policy(state) - self.policy.levels[self.policy.owner]
 
     @torch.no_grad()
     def logits(self, state: torch.Tensor) -> torch.Tensor:

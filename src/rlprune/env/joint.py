@@ -157,22 +157,23 @@ class JointEnv:
         return JointBatch(rewards.float(), accs.float(), macs)
 
     @torch.no_grad()
-    def score_full(self, mask: torch.Tensor) -> JointBatch:
-        """Accuracy, MACs and reward of one mask ``[N]`` on the whole reward set."""
+    def score_full(
+        self, mask: torch.Tensor, images: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> JointBatch:
+        """Accuracy, MACs and reward of one mask ``[N]`` on the whole reward set (or on
+        ``images``: ``(x [M, C, H, W], y [M])``)."""
+        xs, ys = images if images is not None else (self.reward_x, self.reward_y)
+        bs = self.cfg.rollout.batch_size
         self.model.eval()
         self.set_masks(mask)
         try:
             correct = sum(
                 int((self.model(x).argmax(1) == y).sum())
-                for x, y in zip(
-                    self.reward_x.split(self.cfg.rollout.batch_size),
-                    self.reward_y.split(self.cfg.rollout.batch_size),
-                    strict=True,
-                )
+                for x, y in zip(xs.split(bs), ys.split(bs), strict=True)
             )
         finally:
             self.set_masks(None)
-        accs = torch.tensor([100.0 * correct / len(self.reward_y)], dtype=torch.float64)
+        accs = torch.tensor([100.0 * correct / len(ys)], dtype=torch.float64)
         return self._batch(100.0 - accs, accs, mask[None])
 
     def train_step(

@@ -10,7 +10,6 @@ al. 2018, :mod:`rlprune.search.layerwise`) and ``joint`` (all units at once, DEC
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +26,8 @@ from rlprune.pruning import find_units
 from rlprune.search.joint import joint
 from rlprune.search.layerwise import layerwise
 from rlprune.search.records import Decision, UnitProgress, UnitRecord
-from rlprune.search.runtime import SearchRuntime, derive_seed
-from rlprune.search.session import FINAL_STREAM, Session, Strategy
+from rlprune.search.runtime import SearchRuntime
+from rlprune.search.session import Session, Strategy
 from rlprune.train import evaluate
 
 __all__ = [
@@ -104,9 +103,7 @@ def prune(
     cfg = runtime.cfg
     original = copy.deepcopy(model).to(device).eval()
     session = open_session(original, train, val, test, runtime)
-    records = STRATEGIES[cfg.strategy](session)
-    steps = round(cfg.final_finetune_epochs * math.ceil(len(train) / cfg.batch_size))
-    runtime.final_tune(session.model, derive_seed(cfg.seed, FINAL_STREAM), steps)
+    records = STRATEGIES[cfg.strategy](session)  # search, cut and every fine-tune
     pruned = measure_model(
         session.model, val, test, session.example, cfg.latency_runs, device, dist.is_main
     )

@@ -22,7 +22,7 @@ from rlprune.progress import bar as progress_bar
 from rlprune.pruning import Unit, count_macs_params
 from rlprune.search.records import Decision, UnitProgress, UnitRecord
 from rlprune.search.runtime import derive_seed
-from rlprune.search.session import COLLAPSE_DROP_PP, FINETUNE_STREAM, Session
+from rlprune.search.session import COLLAPSE_DROP_PP, FINAL_STREAM, FINETUNE_STREAM, Session
 from rlprune.train import evaluate
 
 __all__ = ["layerwise"]
@@ -51,6 +51,7 @@ def layerwise(s: Session) -> list[UnitRecord]:
         records.append(cut_and_tune(s, unit, progress, idx, agent_s))
         s.runtime.save_walk(s.model, records, agent)
     s.env.end()
+    s.runtime.final_tune(s.model, derive_seed(s.cfg.seed, FINAL_STREAM), s.runtime.final_steps())
     return records
 
 

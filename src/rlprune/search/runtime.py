@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,15 +158,23 @@ class SearchRuntime:
         state = {"unit": unit, "progress": progress.to_state(), "agent": agent.state_dict()}
         self.run.save_state("agent.pt", state)
 
-    def final_tune(self, model: nn.Module, seed: int, steps: int) -> None:
-        """The final fine-tune, done once (a resumed run loads its result)."""
+    def final_steps(self) -> int:
+        """SGD steps of the final fine-tune: ``round(final_finetune_epochs * steps_per_epoch)``."""
+        cfg = self.cfg
+        return round(cfg.final_finetune_epochs * math.ceil(len(self.train) / cfg.batch_size))
+
+    def final_tune(self, model: nn.Module, seed: int, steps: int) -> float:
+        """The final fine-tune, done once (a resumed run loads its result); returns its smoothed
+        final loss (NaN when loaded)."""
         final = self.run.load_state("final.pt", lambda s: _fits_model(model, s))
+        loss = float("nan")
         if final is not None:
             model.load_state_dict(final["state_dict"])
         else:
-            self.tune(model, seed, steps, "final fine-tune")
+            loss = self.tune(model, seed, steps, "final fine-tune")["loss"]
             self.run.save_state("final.pt", {"state_dict": model.state_dict()})
         model.eval()
+        return loss
 
     def log_metrics(self, record: dict[str, Any]) -> None:
         self.run.log_metrics(record)

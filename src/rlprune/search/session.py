@@ -2,7 +2,8 @@
 
 A strategy is a function ``(Session) -> list[UnitRecord]`` that prunes ``session.model`` in
 place; :func:`rlprune.search.prune` builds the session, runs the strategy named by
-``PruneConfig.strategy``, then fine-tunes, measures and writes the outputs for all of them.
+``PruneConfig.strategy`` (which owns the whole fine-tune schedule, final epochs included),
+then measures and writes the outputs for all of them.
 """
 
 from __future__ import annotations
