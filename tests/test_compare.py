@@ -241,7 +241,23 @@ def test_a_cell_that_predates_a_config_field_is_reused(
     del data["fingerprint"]["config"]["joint"]["signal"]  # as if written before the field
     cell.write_text(json.dumps(data))
     assert compare(cfg).cells_reused == 1 and calls == {"l1-uniform": 1}
-    data["fingerprint"]["config"]["joint"]["lr"] = 0.5  # a value that differs still counts
+    data["fingerprint"]["config"]["joint"]["lr"] = 0.5  # a setting l1-uniform never reads
     cell.write_text(json.dumps(data))
-    with pytest.raises(ConfigError, match=r"config\.joint\.lr: 0\.5 in the cell"):
+    assert compare(cfg).cells_reused == 1 and calls == {"l1-uniform": 1}
+    data["fingerprint"]["config"]["finetune_lr"] = 0.5  # a value that differs still counts
+    cell.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"config\.finetune_lr: 0\.5 in the cell"):
         compare(cfg)
+
+
+def test_joint_settings_count_only_for_a_joint_search() -> None:
+    from rlprune.compare_cells import _first_difference, unread_settings
+
+    old = {"config": {"strategy": "layerwise", "joint": {"lr": 0.5}, "seed": 0}}
+    new = {"config": {"strategy": "layerwise", "joint": {"lr": 0.01}, "seed": 0}}
+    for method in ("l1-uniform", "random-search", "rl-layerwise", "rl"):
+        assert _first_difference(old, new, unread_settings(method, new)) is None, method
+    diff = _first_difference(old, new, unread_settings("rl-joint", new))
+    assert diff == "config.joint.lr: 0.5 in the cell, 0.01 now"
+    new["config"]["strategy"] = old["config"]["strategy"] = "joint"
+    assert _first_difference(old, new, unread_settings("rl", new)) is not None

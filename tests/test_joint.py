@@ -65,7 +65,13 @@ def _joint_cfg(lr: float, steps: int = 60, signal: str = "loss") -> PruneConfig:
         reward=RewardConfig(mode="budget", target_macs=_half_macs() * 1.001),
         rollout=RolloutConfig(reward_set=200, calib_set=64, batch_size=100),
         joint=JointConfig(
-            steps=steps, samples=8, images=100, lr=lr, signal=signal, train_weights=False
+            steps=steps,
+            samples=8,
+            images=100,
+            lr=lr,
+            signal=signal,
+            train_weights=False,
+            init="uniform",
         ),
     )
 

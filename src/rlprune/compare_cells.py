@@ -235,19 +235,31 @@ def _flat(d: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix.rstrip("."), d
 
 
-def _first_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+def _first_difference(
+    old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = ()
+) -> str | None:
     """The first key whose value differs, or None. A search-config key the cell predates (a
-    field added to the config since) does not count: the cell's method ran without it. A change
-    that alters a method's behaviour must be made under a new key or the cells removed."""
+    field added to the config since) does not count: the cell's method ran without it; nor do
+    keys under the ``ignore`` prefixes (settings the method never reads). A change that alters a
+    method's behaviour must be made under a new key or the cells removed."""
     a, b = dict(_flat(old)), dict(_flat(new))
     for key in sorted(a.keys() | b.keys()):
-        if key not in a and key.startswith("config."):
+        if key not in a and key.startswith("config.") or key.startswith(ignore):
             continue
         if a.get(key) != b.get(key):
             return (
                 f"{key}: {a.get(key, '<missing>')!r} in the cell, {b.get(key, '<missing>')!r} now"
             )
     return None
+
+
+def unread_settings(method: str, fingerprint: dict[str, Any]) -> tuple[str, ...]:
+    """Fingerprint key prefixes ``method``'s numbers do not depend on: the joint strategy's
+    settings, for every method but a joint search (``random-search`` depends on the searches
+    only through its candidate count, which its row records)."""
+    strategy = fingerprint.get("config", {}).get("strategy")
+    joint = method == "rl-joint" or (method == "rl" and strategy == "joint")
+    return () if joint else ("config.joint.",)
 
 
 _NAME = re.compile(r"t(?P<target>[0-9.eE+-]+)_s(?P<seed>-?\d+)\.json")
@@ -297,7 +309,8 @@ class CellStore:
             return None
         if not isinstance(cell, dict) or cell.get("format") != CELL_FORMAT:
             raise ConfigError(f"{path} is not an rlprune compare cell; move it out of {self.root}")
-        diff = _first_difference(cell.get("fingerprint", {}), self.fingerprint(target, seed))
+        new = self.fingerprint(target, seed)
+        diff = _first_difference(cell.get("fingerprint", {}), new, unread_settings(method, new))
         if diff is not None:
             raise ConfigError(
                 f"cell {path} was made with another config ({diff}); use another --out "

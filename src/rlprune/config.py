@@ -235,15 +235,19 @@ class JointConfig:
     # The accuracy term of the budget reward: "loss" uses 100 x the masks' cross-entropy on the
     # scored images (a finer signal than "accuracy", their top-1 accuracy in %).
     signal: JointSignal = "loss"
-    # Where the per-unit keep levels start: the uniform allocation on the MAC target, or the
-    # allocation global-magnitude ranking picks (learning then starts from that heuristic).
-    init: JointInit = "uniform"
+    # Where the policy starts: ON the mask global-magnitude ranking picks (the strongest
+    # heuristic of docs/RESULTS.md; learning moves filters near its cut and the allocation), or
+    # the shared policy network's importance prior with the uniform allocation.
+    init: JointInit = "global-magnitude"
     # With init=global-magnitude the policy starts ON that heuristic's mask: filter i's prior
     # logit is (score_i - threshold_u) / temperature, its normalised group magnitude against its
     # unit's cut, so sampled masks differ from it only near the cut.
     temperature: float = 0.1
     train_weights: bool = True
-    train_mask: JointTrainMask = "sample"  # the mask the weights train under (see joint.py)
+    # The mask the weights train under: the policy's most likely one ("mode", the structure
+    # the search would cut now, so those steps also serve the pruned network) or a sampled one
+    # ("sample", DECORE's way; at 0.15x MACs on vgg-small, seed 0, it lost 1.0 pp to "mode").
+    train_mask: JointTrainMask = "mode"
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "joint.steps", f"must be >= 1, got {self.steps}")
