@@ -280,3 +280,28 @@ def test_joint_fine_tunes_once_with_the_whole_remaining_budget(
     )  # fmt: skip
     # 5 steps x 1 unit, 4 of them spent under masks, + one epoch of 256 images at batch 64
     assert calls == [(3, 5 - 4 + 4)]
+
+
+def test_masked_bn_statistics_stay_put_on_concat_slices() -> None:
+    # DenseNet-style block: a BN over a concatenation holds each unit's channels at an offset.
+    from rlprune.env import JointEnv
+    from tests import zoo
+
+    model, x = zoo.build("dense"), zoo.example()
+    y = torch.randint(0, 4, (len(x),))
+    cfg = dataclasses.replace(_joint_cfg(lr=0.05), reward=RewardConfig("budget", target_macs=0.5))
+    env = JointEnv(model, (x, y), (x, y), x[:1], cfg, 1)
+    mask = (torch.arange(env.n_filters) % 2).float()  # every other filter masked
+    mods = dict(model.named_modules())
+    before = {n: m.running_var.clone() for n, m in mods.items() if isinstance(m, nn.BatchNorm2d)}
+    env.train_step(mask, x, y, torch.optim.SGD(model.parameters(), lr=0.01))
+    checked = 0
+    for unit, part in zip(env.units, env.split(mask), strict=True):
+        for name in unit.producers:
+            if name in before:
+                local, owner = unit.index(name)
+                dropped = [c for c, u in zip(local, owner, strict=True) if part[u] == 0]
+                assert torch.equal(mods[name].running_var[dropped], before[name][dropped]), name
+                checked += int(local != list(range(unit.channels)))
+    assert checked >= 1  # at least one BN sees its unit at an offset
+    env.close()

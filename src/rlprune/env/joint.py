@@ -210,12 +210,14 @@ class JointEnv:
         mods = dict(self.model.named_modules())
         out = []
         for unit, part in zip(self.units, self.split(mask), strict=True):
-            drop = torch.nonzero(part == 0).flatten()
             for name in unit.producers:
                 bn = mods[name]
                 if isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None:
                     assert bn.running_var is not None
-                    idx = drop.to(bn.running_mean.device)
+                    # the BN's own channel numbers (a BN over a concat sees its slice)
+                    local, owner = unit.index(name)
+                    drop = [c for c, u in zip(local, owner, strict=True) if part[u] == 0]
+                    idx = torch.tensor(drop, dtype=torch.long, device=bn.running_mean.device)
                     out.append((bn, idx, bn.running_mean[idx].clone(), bn.running_var[idx].clone()))
         return out
 
