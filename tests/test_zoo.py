@@ -25,7 +25,7 @@ from rlprune.pruning import (
 )
 from rlprune.pruning.export import load_pt2
 from rlprune.rollouts import MaskedScorer, NaiveScorer, PrefixScorer, make_scorer
-from tests.zoo import CLASSES, IN, SIZE, ZOO, build, example
+from tests.zoo import CLASSES, IN, SIZE, ZOO, build, cbr, example
 
 # Units the masked-vs-cut check must skip (the forward hard-codes the split sizes / halves).
 SKIPPED = {"split-chunk": {"stem.0", "mix"}}
@@ -204,3 +204,40 @@ def test_prune_reload_export(name: str, tmp_path: Path, monkeypatch: pytest.Monk
     report = (tmp_path / "run" / "report.md").read_text()
     for skipped in SKIPPED.get(name, ()):
         assert f"`{skipped}`" in report.split("## Not pruned")[1]
+
+
+class ViewHead(nn.Module):
+    """A head that flattens with ``.view``, which fails on channels-last activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(cbr(IN, 8), cbr(8, 8))
+        self.fc = nn.Linear(8 * 8 * 8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.features(x)
+        return self.fc(y.view(y.shape[0], -1))
+
+
+def test_a_view_head_falls_back_to_nchw(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rlprune.models import is_channels_last, runs_channels_last, set_layout
+
+    monkeypatch.setattr("rlprune.outputs.export_onnx", lambda *a, **k: None)
+    torch.manual_seed(0)
+    model = ViewHead().eval()
+    assert not runs_channels_last(model, example())
+    with pytest.raises(RuntimeError):  # what the search would hit in its default layout
+        set_layout(ViewHead(), True)(example().contiguous(memory_format=torch.channels_last))
+    cfg = rlprune.PruneConfig(
+        finetune_steps=1, final_finetune_epochs=0, min_keep=1, latency_runs=3, batch_size=16,
+        agent=rlprune.AgentConfig(samples=3, updates=1, patience=1),
+        reward=rlprune.RewardConfig(mode="budget", target_macs=0.6),
+        rollout=rlprune.RolloutConfig(reward_set=16, calib_set=8),
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="rlprune"):
+        res = rlprune.prune(model, _data(32, 0), _data(16, 1), cfg, out_dir=tmp_path / "run")
+    assert res.pruned.macs < res.baseline.macs
+    assert not is_channels_last(res.model)
+    assert sum("channels-last" in r.getMessage() for r in caplog.records) == 1

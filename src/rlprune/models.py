@@ -7,6 +7,7 @@ Forward passes never read channel counts at run time, so physically pruned model
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -280,6 +281,19 @@ def set_layout(model: nn.Module, channels_last: bool) -> nn.Module:
     """
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return model.to(memory_format=fmt)  # type: ignore[call-overload]  # missing from the stubs
+
+
+def runs_channels_last(model: nn.Module, example: torch.Tensor) -> bool:
+    """Whether ``model``'s forward works in NHWC: a ``.view`` of a conv output, common in
+    users' heads (``x.view(n, -1)``), needs NCHW-contiguous activations and raises otherwise.
+    Tried on a copy with ``example`` ``[1, C, H, W]``."""
+    probe = set_layout(copy.deepcopy(model), True).eval()
+    try:
+        with torch.no_grad():
+            probe(example.contiguous(memory_format=torch.channels_last))
+    except RuntimeError:
+        return False
+    return True
 
 
 def is_channels_last(model: nn.Module) -> bool:

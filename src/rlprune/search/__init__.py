@@ -10,6 +10,8 @@ al. 2018, :mod:`rlprune.search.layerwise`) and ``joint`` (all units at once, DEC
 from __future__ import annotations
 
 import copy
+import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from rlprune.config import PruneConfig, SearchStrategy
 from rlprune.data import Split
 from rlprune.distributed import DistContext
 from rlprune.env import PruningEnv
-from rlprune.models import ModelSpec, set_layout
+from rlprune.models import ModelSpec, runs_channels_last, set_layout
 from rlprune.outputs import Measurement, measure_model, write_outputs
 from rlprune.pruning import find_units
 from rlprune.search.joint import joint
@@ -40,6 +42,8 @@ __all__ = [
     "UnitRecord",
     "prune",
 ]
+
+log = logging.getLogger(__name__)
 
 STRATEGIES: dict[SearchStrategy, Strategy] = {"layerwise": layerwise, "joint": joint}
 """Search strategies by ``PruneConfig.strategy``: each prunes ``session.model`` in place."""
@@ -95,7 +99,14 @@ def prune(
     """
     cfg = config or PruneConfig()
     dist = dist_ctx or DistContext()
-    find_units(model, val.images[:1].to(next(model.parameters()).device), cfg.exclude)  # fail early
+    example = val.images[:1].to(next(model.parameters()).device)
+    find_units(model, example, cfg.exclude)  # fail early
+    if cfg.channels_last and not runs_channels_last(model, example):
+        log.warning(
+            "the model's forward fails in channels-last memory layout (a .view of a conv "
+            "output? .reshape works in both); running in NCHW"
+        )
+        cfg = dataclasses.replace(cfg, channels_last=False)
     inputs = (model, (train, val, test))
     runtime = SearchRuntime.open(
         out_dir, cfg, resume, dist, device, train, hflip, progress, inputs, overwrite
