@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.faultkit import train_digits_checkpoint
+from tests.faultkit import cli_env, prune_argv, train_digits_checkpoint
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -25,3 +26,15 @@ def _one_thread() -> Iterator[None]:
 def digits_baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One trained width-0.25 vgg-small digits checkpoint, shared by the fault modules."""
     return train_digits_checkpoint(tmp_path_factory.mktemp("digits-base") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def finished_run(digits_baseline: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished ``rlprune prune`` run folder on the digits baseline (one per test module:
+    the modules that tamper with it get their own)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    proc = subprocess.run(
+        prune_argv(digits_baseline, out), capture_output=True, text=True, env=cli_env()
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out

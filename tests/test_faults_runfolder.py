@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,23 +20,11 @@ from rlprune.runfolder import MARKER
 from tests.faultkit import (
     FAST_PRUNE,
     assert_one_error_line,
-    cli_env,
-    prune_argv,
     report_masks,
     run_main,
 )
 
 pytestmark = pytest.mark.faults
-
-
-@pytest.fixture(scope="module")
-def finished_run(digits_baseline: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runfolder") / "run"
-    proc = subprocess.run(
-        prune_argv(digits_baseline, out), capture_output=True, text=True, env=cli_env()
-    )
-    assert proc.returncode == 0, proc.stderr
-    return out
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:

@@ -174,16 +174,6 @@ def test_hostile_checkpoint_content(
 
 
 # ----------------------------------------------------------------------------- run state
-@pytest.fixture(scope="module")
-def finished_run(digits_baseline: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("untrusted") / "run"
-    proc = subprocess.run(
-        prune_argv(digits_baseline, out), capture_output=True, text=True, env=cli_env()
-    )
-    assert proc.returncode == 0, proc.stderr
-    return out
-
-
 def test_malicious_state_files_are_refused_on_resume(
     digits_baseline: Path, finished_run: Path, tmp_path: Path
 ) -> None:
