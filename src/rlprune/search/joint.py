@@ -59,9 +59,9 @@ def joint(s: Session) -> list[UnitRecord]:
     agent.set_levels(initial_levels(env, agent.base_logits(state), begin.ratios))
     start_mask = begin.mask if begin.mask is not None else env.project(agent.logits(state))
     start = env.score_full(start_mask)
-    trained = train_jointly(s, env, agent, state)
+    trained, train_s = train_jointly(s, env, agent, state)
     choice = choose(s, env, start_mask, env.project(agent.logits(state)))
-    agent_s = time.perf_counter() - t0
+    agent_s = time.perf_counter() - t0 - train_s  # the search's own time, SGD steps apart
     kept = env.apply(choice.mask)
     t1 = time.perf_counter()
     # One cut, so one cosine schedule over the whole remaining budget (the per-unit share not
@@ -99,7 +99,7 @@ def joint(s: Session) -> list[UnitRecord]:
             params=params,
             reward_set_stderr=accuracy_stderr(s.base_acc, len(env.reward_y)),
             agent_s=agent_s / n,
-            finetune_s=(time.perf_counter() - t1) / n,
+            finetune_s=(time.perf_counter() - t1 + train_s) / n,
             det_reward_start=float(start.rewards[0]),
         )
         for unit, keep in zip(env.units, kept.values(), strict=True)
@@ -194,9 +194,12 @@ def start_point(s: Session, env: JointEnv) -> Start:
     return Start(torch.cat(prior), ratios, torch.cat(mask))
 
 
-def train_jointly(s: Session, env: JointEnv, agent: JointAgent, state: torch.Tensor) -> int:
+def train_jointly(
+    s: Session, env: JointEnv, agent: JointAgent, state: torch.Tensor
+) -> tuple[int, float]:
     """The episodes: sample K masks, score, REINFORCE, one SGD step under a mask. Returns the
-    number of SGD steps the weights took (counted in the fine-tune budget)."""
+    SGD steps the weights took (counted in the fine-tune budget) and their wall seconds
+    (fine-tuning time, not search time)."""
     cfg = s.cfg
     k = cfg.joint.samples
     opt = _sgd(s.model, cfg.finetune_lr, 0.9, cfg.weight_decay)
@@ -204,19 +207,20 @@ def train_jointly(s: Session, env: JointEnv, agent: JointAgent, state: torch.Ten
     stream: Iterator[tuple[torch.Tensor, torch.Tensor]] = _endless(
         s.runtime.train, cfg.batch_size, gen, True, s.runtime.hflip
     )
-    trained = 0
+    trained, train_s = 0, 0.0
     for step in range(cfg.joint.steps):
         probs = torch.sigmoid(agent.logits(state))
         masks = sample_masks(probs, k, gen)  # [K, N]
         batch = env.score(masks)
         stats = agent.update(state, masks, batch.rewards)
         if cfg.joint.train_weights:
+            t0 = time.perf_counter()
             x, y = next(stream)
             # "mode": the policy's most likely mask (the structure it would cut now), so the
             # steps also serve the pruned network; "sample": a sampled one (DECORE).
             on = masks[0] if cfg.joint.train_mask == "sample" else (probs > 0.5).float()
             env.train_step(on, x, y, opt)
-            trained += 1
+            trained, train_s = trained + 1, train_s + time.perf_counter() - t0
         s.runtime.log_metrics(
             {
                 "unit": JOINT_UNIT,
@@ -230,4 +234,4 @@ def train_jointly(s: Session, env: JointEnv, agent: JointAgent, state: torch.Ten
                 "train/mean_keep": stats.mean_keep,
             }
         )
-    return trained
+    return trained, train_s
