@@ -21,8 +21,10 @@ class DecoyNet(nn.Module):
     """4-class toy whose useful filters are the SMALL ones.
 
     Filters 0-3 copy input channel k at weight 0.5 (class k's detector, BN gamma 0.5); filters
-    4-7 sum all channels at weight 3 (BN gamma 3) and the classifier ignores them. So L1, L2,
-    |gamma| and mean activation all rank the decoys 4-7 above the detectors: an importance
+    4-7 sum all channels at weight 3 (BN gamma 3), so their activations are equal, and the
+    classifier reads them at +20, -20, +20, -20 in every row: their contributions cancel. So L1,
+    L2, |gamma|, mean activation and torch-pruning's group magnitude (which adds the
+    classifier's input weights) all rank the decoys 4-7 above the detectors: an importance
     prior keeps the wrong half, and only the reward can tell.
     """
 
@@ -41,6 +43,7 @@ class DecoyNet(nn.Module):
                 self.bn.weight[k] = 0.5
             self.conv.weight[4:] = 3.0
             self.bn.weight[4:] = 3.0
+            self.classifier.weight[:, 4:] = torch.tensor([20.0, -20.0, 20.0, -20.0])
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,16 +87,29 @@ def _run(cfg: PruneConfig, out: Path) -> tuple[list[int], float]:
     return unit.kept, float(res.pruned.test_acc or 0.0)
 
 
-@pytest.mark.parametrize("signal", ["loss", "accuracy"])
-def test_joint_agent_finds_planted_filters_the_prior_misses(tmp_path: Path, signal: str) -> None:
-    kept, acc = _run(_joint_cfg(lr=0.05, signal=signal), tmp_path / "learn")
+def _start(cfg: PruneConfig, init: str) -> PruneConfig:
+    # From global magnitude's mask with a prior soft enough to sample the far side of the cut
+    # (the default temperature, 0.1, keeps the search near its prior: it does not get here).
+    joint = dataclasses.replace(cfg.joint, init=init, temperature=1.0)
+    return dataclasses.replace(cfg, joint=joint)
+
+
+@pytest.mark.parametrize(
+    ("signal", "init"),
+    [("loss", "uniform"), ("accuracy", "uniform"), ("loss", "global-magnitude")],
+)
+def test_joint_agent_finds_planted_filters_the_prior_misses(
+    tmp_path: Path, signal: str, init: str
+) -> None:
+    kept, acc = _run(_start(_joint_cfg(lr=0.05, signal=signal), init), tmp_path / "learn")
     assert kept == [0, 1, 2, 3]
     assert acc == 100.0
 
 
-def test_prior_alone_keeps_the_decoys(tmp_path: Path) -> None:
+@pytest.mark.parametrize("init", ["uniform", "global-magnitude"])
+def test_prior_alone_keeps_the_decoys(tmp_path: Path, init: str) -> None:
     # Learning switched off (a vanishing step size): the projection of the prior's logits.
-    kept, acc = _run(_joint_cfg(lr=1e-12), tmp_path / "prior")
+    kept, acc = _run(_start(_joint_cfg(lr=1e-12), init), tmp_path / "prior")
     assert kept == [4, 5, 6, 7]
     assert acc <= 25.0
 
