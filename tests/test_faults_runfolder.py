@@ -209,3 +209,17 @@ def test_report_does_not_write_through_a_planted_link(
     proc = run_main(capsys, "report", out)
     assert_one_error_line(proc, "walk.png is a symbolic link")
     assert victim.read_text() == "precious\n"
+
+
+def test_an_older_unmarked_run_is_not_marked_by_a_refused_resume(
+    digits_baseline: Path, finished_run: Path, tmp_path: Path, capsys
+) -> None:
+    # A run folder from before the marker: --resume with another config is refused on the
+    # stored config.yaml, and the folder is left exactly as it was (no marker written).
+    out = tmp_path / "old"
+    shutil.copytree(finished_run, out)
+    (out / MARKER).unlink()
+    before = _snapshot(out)
+    proc = _prune(capsys, digits_baseline, out, "--resume", "--seed", "3")
+    assert_one_error_line(proc, "different config")
+    assert _snapshot(out) == before

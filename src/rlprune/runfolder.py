@@ -172,9 +172,8 @@ def claim(root: Path, identity: RunIdentity, resume: bool, overwrite: bool) -> b
             "it: choose a new or empty --out"
         )
     if resume and cmd == "prune":
-        if stored is None:
+        if stored is None:  # left unmarked: its config is still compared on start
             log.warning("%s has no %s (an older run): its inputs cannot be checked", root, MARKER)
-            identity.write(root)
             return True
         diffs = stored.differences(identity)
         if diffs:
