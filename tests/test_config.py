@@ -72,3 +72,10 @@ def test_malformed_yaml_and_set() -> None:
 def test_tolerance_auto_is_four_times_the_bound() -> None:
     assert RewardConfig(max_acc_drop=0.5).b == 2.0
     assert RewardConfig(max_acc_drop=0.5, tolerance=3.0).b == 3.0
+
+
+def test_final_steps_count_epochs_of_the_whole_split() -> None:
+    # Fashion-MNIST's 54000 training images at batch 128: 422 steps an epoch.
+    assert PruneConfig(final_finetune_epochs=0.5).final_steps(54000) == 211
+    assert PruneConfig(final_finetune_epochs=1.0, batch_size=64).final_steps(256) == 4
+    assert PruneConfig(final_finetune_epochs=0.0).final_steps(54000) == 0

@@ -37,7 +37,6 @@ import dataclasses
 import itertools
 import json
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -254,8 +253,7 @@ def _setup(cfg: CompareConfig) -> _Setup:
         )
     base = cfg.prune
     n_units = len(find_units(model, data.val.images[:1], base.exclude))
-    steps_per_epoch = math.ceil(len(data.train) / base.batch_size)
-    ft_steps = base.finetune_steps * n_units + round(base.final_finetune_epochs * steps_per_epoch)
+    ft_steps = base.finetune_steps * n_units + base.final_steps(len(data.train))
     log.info("%d units; every method gets %d fine-tune steps", n_units, ft_steps)
     baseline = _measure(copy.deepcopy(model), data, base)
     device = resolve_device(cfg.device)

@@ -244,7 +244,7 @@ def _first_difference(
     method's behaviour must be made under a new key or the cells removed."""
     a, b = dict(_flat(old)), dict(_flat(new))
     for key in sorted(a.keys() | b.keys()):
-        if key not in a and key.startswith("config.") or key.startswith(ignore):
+        if (key not in a and key.startswith("config.")) or key.startswith(ignore):
             continue
         if a.get(key) != b.get(key):
             return (

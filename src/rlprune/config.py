@@ -8,6 +8,7 @@ folder as ``config.yaml`` and loads back to an equal config.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal, TypeVar
 
 from rlprune.config_load import (
@@ -299,6 +300,11 @@ class PruneConfig:
         _check(self.batch_size >= 1, "batch_size", "must be >= 1")
         _check(self.latency_runs >= 3, "latency_runs", "must be >= 3")
         self._check_bounds()
+
+    def final_steps(self, n_train: int) -> int:
+        """SGD steps of the final fine-tune on ``n_train`` training images (the whole split,
+        not a rank's share): ``round(final_finetune_epochs * ceil(n_train / batch_size))``."""
+        return round(self.final_finetune_epochs * math.ceil(n_train / self.batch_size))
 
     def _check_bounds(self) -> None:
         """Upper bounds of the values that size allocations or loops (the joint ones too)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import torch
@@ -78,11 +77,6 @@ def check_target(target_macs: float, ft_steps: int) -> None:
         raise ConfigError(f"target_macs must be in (0, 1], got {target_macs}")
     if ft_steps < 0:
         raise ConfigError(f"ft_steps must be >= 0, got {ft_steps}")
-
-
-def final_steps(cfg: PruneConfig, train: Split) -> int:
-    """The RL search's final fine-tune: ``round(final_finetune_epochs * steps_per_epoch)``."""
-    return round(cfg.final_finetune_epochs * math.ceil(len(train) / cfg.batch_size))
 
 
 def tune(

@@ -44,7 +44,6 @@ from rlprune.peers.common import (
     TpIterativeResult,
     check_macs,
     check_target,
-    final_steps,
     tune,
 )
 from rlprune.pruning import Unit, classifier_names, count_macs_params, find_units, resolve_min_keep
@@ -248,7 +247,7 @@ def tp_iterative(
     net = copy.deepcopy(model).cpu().eval()
     example = train.images[:1].cpu()
     units = find_units(net, example, cfg.exclude)
-    n, final = len(units), final_steps(cfg, train)
+    n, final = len(units), cfg.final_steps(len(train))
     if cfg.finetune_steps * n + final != ft_steps:
         raise ConfigError(
             f"tp-iterative's schedule is {cfg.finetune_steps} x {n} + {final} fine-tune steps, "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +54,7 @@ class SearchRuntime:
     cfg: PruneConfig
     device: torch.device | str
     train: Split  # this rank's share of the fine-tuning data
+    train_size: int  # images in the whole fine-tuning split (all ranks)
     hflip: bool
     progress: bool
 
@@ -82,7 +82,7 @@ class SearchRuntime:
             resume = run.claim(identity(cfg, inputs), resume, overwrite)
         cfg = run.start(cfg, resume)
         dist.barrier()  # followers read the folder rank 0 has just created
-        return cls(run, dist, cfg, device, shard_split(train, dist), hflip, progress)
+        return cls(run, dist, cfg, device, shard_split(train, dist), len(train), hflip, progress)
 
     # ----------------------------------------------------------------- fine-tuning
     def tune(self, model: nn.Module, seed: int, steps: int, desc: str) -> dict[str, float]:
@@ -159,9 +159,9 @@ class SearchRuntime:
         self.run.save_state("agent.pt", state)
 
     def final_steps(self) -> int:
-        """SGD steps of the final fine-tune: ``round(final_finetune_epochs * steps_per_epoch)``."""
-        cfg = self.cfg
-        return round(cfg.final_finetune_epochs * math.ceil(len(self.train) / cfg.batch_size))
+        """SGD steps of the final fine-tune, counted on the whole split: under torchrun each
+        rank takes as many steps, on its share with batch / world size."""
+        return self.cfg.final_steps(self.train_size)
 
     def final_tune(self, model: nn.Module, seed: int, steps: int) -> float:
         """The final fine-tune, done once (a resumed run loads its result); returns its smoothed
