@@ -88,6 +88,17 @@ class MacModel:
         k = torch.as_tensor(kept, dtype=torch.float64)
         return self.total - self.per_channel * (channels - k)
 
+    def cost(self, kept: int | torch.Tensor, channels: int) -> torch.Tensor:
+        """:meth:`macs`, under the name every unit cost model shares (see ``CostCurve``)."""
+        return self.macs(kept, channels)
+
+    def count_for(self, budget: float, channels: int) -> int:
+        """The kept count whose MACs are closest to ``budget`` (``channels`` if the unit
+        costs nothing); may be outside ``1..channels``: the caller clamps."""
+        if self.per_channel <= 0:
+            return channels
+        return channels - round((self.total - budget) / self.per_channel)
+
 
 class UnitMacs:
     """Model MACs as a function of the per-unit channel counts (exact for the zoo).

@@ -1,0 +1,356 @@
+"""Measuring a latency table (:class:`~rlprune.pruning.latency.LatencyLUT`) on this machine.
+
+1. Every leaf-module call of the forward is recorded with its input and output shapes. Which
+   units' channels reach each call is found as :class:`~rlprune.pruning.UnitMacs` finds it:
+   one channel of a unit is removed on a copy (torch-pruning) and the changed widths give the
+   slopes (a concat or a grouped conv loses several channels per unit channel).
+2. Each call that a unit touches is rebuilt at a grid of probe widths (NetAdapt's per-layer
+   tables, Yang et al., ECCV 2018) and timed alone on an input of its shape, in the model's
+   memory layout: a conv or linear layer over (input width x output width), per-channel layers
+   (BN, ReLU, pooling, a depthwise conv) over their one width.
+3. The whole model is timed in the deployed runtime (eager torch, the ``torch.export``
+   program, or ONNX Runtime) at full width and with every unit cut to a few uniform fractions;
+   ``offset + scale * sum(per-layer)`` is fitted to those measurements (least squares).
+
+Per-layer tables are timed in eager torch for every runtime; the runtime enters through the
+whole-model calibration (and the measured latencies the report compares predictions with).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rlprune.errors import PruningError
+from rlprune.models import is_channels_last, set_layout
+from rlprune.pruning.importance import filter_l1
+from rlprune.pruning.latency import LatencyLUT, LatencyTable, LayerTerm, Runtime
+from rlprune.pruning.surgery import remove_channels
+from rlprune.pruning.units import Unit
+from rlprune.pruning.verify import find_units
+
+__all__ = ["PROBES", "cpu_info", "measure_runtime", "profile_latency", "uniform_cut"]
+
+log = logging.getLogger(__name__)
+
+PROBES = (0.125, 0.25, 0.5, 0.75, 1.0)  # keep fractions of each probed width
+CALIBRATION = (1.0, 0.75, 0.5, 0.25)  # uniform keep fractions of the whole-model fit
+_CHANNELWISE = (nn.BatchNorm2d, nn.BatchNorm1d)
+
+Calls = list[tuple[str, tuple[int, ...], tuple[int, ...]]]  # (module, input shape, output shape)
+
+
+def _calls(model: nn.Module, example: torch.Tensor) -> Calls:
+    """Every leaf-module call of one forward with a single tensor input and output."""
+    out: Calls = []
+    hooks = []
+    for name, mod in model.named_modules():
+        if name and not any(True for _ in mod.children()):
+
+            def hook(m: nn.Module, args: tuple[Any, ...], res: Any, name: str = name) -> None:
+                if (
+                    len(args) == 1
+                    and isinstance(args[0], torch.Tensor)
+                    and isinstance(res, torch.Tensor)
+                ):
+                    out.append((name, tuple(args[0].shape), tuple(res.shape)))
+
+            hooks.append(mod.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model.eval()(example[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
+
+
+def _slopes(
+    model: nn.Module, units: list[Unit], example: torch.Tensor, base: Calls
+) -> list[tuple[dict[str, float], dict[str, float]]]:
+    """Per call: ``(input slopes, output slopes)``, channels lost per removed unit channel."""
+    slopes: list[tuple[dict[str, float], dict[str, float]]] = [({}, {}) for _ in base]
+    for u in units:
+        if u.channels < 2:
+            continue
+        probe = copy.deepcopy(model)
+        mask = torch.ones(u.channels)
+        mask[0] = 0
+        remove_channels(probe, u, mask, example, min_keep=1)
+        calls = _calls(probe, example)
+        if [c[0] for c in calls] != [c[0] for c in base]:
+            raise PruningError(f"{u.name}: the forward calls other layers once the unit is cut")
+        for (_, si, so), (_, pi, po), (a, b) in zip(base, calls, slopes, strict=True):
+            if len(si) > 1 and si[1] != pi[1]:
+                a[u.name] = float(si[1] - pi[1])
+            if len(so) > 1 and so[1] != po[1]:
+                b[u.name] = float(so[1] - po[1])
+    return slopes
+
+
+def _layer(mod: nn.Module, a: int, b: int) -> nn.Module | None:
+    """``mod`` rebuilt with ``a`` input and ``b`` output channels (None: cannot be rebuilt)."""
+    if isinstance(mod, nn.Conv2d):
+        depthwise = mod.groups == mod.in_channels == mod.out_channels
+        g = a if depthwise else mod.groups
+        a, b = (a, a) if depthwise else (max(g, a - a % g), max(g, b - b % g))
+        return nn.Conv2d(a, b, mod.kernel_size, mod.stride, mod.padding, mod.dilation, g,  # type: ignore[arg-type]
+                         mod.bias is not None, mod.padding_mode)  # fmt: skip
+    if isinstance(mod, nn.Linear):
+        return nn.Linear(a, b, mod.bias is not None)
+    if isinstance(mod, _CHANNELWISE):
+        return type(mod)(a)
+    if not any(True for _ in mod.parameters()):
+        return copy.deepcopy(mod)  # ReLU, pooling, dropout, flatten: any width
+    return None
+
+
+def _channelwise(mod: nn.Module) -> bool:
+    if isinstance(mod, nn.Conv2d):
+        return mod.groups == mod.in_channels == mod.out_channels
+    return not isinstance(mod, nn.Linear)
+
+
+def _time(fn: Callable[[], Any], runs: int, warmup: int) -> float:
+    """Median milliseconds of ``fn()`` over ``runs`` calls after ``warmup``."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def _grid(full: int, slopes: dict[str, float], probes: Sequence[float]) -> tuple[int, ...]:
+    """Input widths: the probe fractions of ``full`` (kernels are about linear in them)."""
+    if not slopes:
+        return (full,)
+    return tuple(sorted({max(1, round(full * p)) for p in probes} | {full}))
+
+
+def _step_grid(full: int, slopes: dict[str, float], step: int) -> tuple[int, ...]:
+    """Output widths: every multiple of ``step`` and the width one above it. CPU kernels
+    compute output channels in vector blocks (16 fp32 lanes with AVX-512), so their time is a
+    staircase in the output width; linear interpolation between ``step * j + 1`` and
+    ``step * (j + 1)`` is flat and between ``step * j`` and ``step * j + 1`` it steps."""
+    if not slopes:
+        return (full,)
+    pts = {1, full} | {w for j in range(1, full // step + 1) for w in (step * j, step * j + 1)}
+    return tuple(sorted(w for w in pts if w <= full))
+
+
+@torch.inference_mode()
+def _term(name: str, mod: nn.Module, call: tuple[str, tuple[int, ...], tuple[int, ...]],
+          slopes: tuple[dict[str, float], dict[str, float]], batch: int, nhwc: bool,
+          probes: Sequence[float], step: int, runs: int) -> LayerTerm | None:  # fmt: skip
+    """The timed grid of one layer call (None if the layer cannot be rebuilt)."""
+    _, shape_in, shape_out = call
+    a0, b0 = shape_in[1], shape_out[1]
+    a_sl, b_sl = slopes
+    wise = _channelwise(mod)
+    a_grid = _step_grid(a0, a_sl, step) if wise else _grid(a0, a_sl, probes)
+    b_grid = (b0,) if wise else _step_grid(b0, b_sl, step)
+    if wise:
+        b_sl = {}  # the output follows the input width
+    rows = []
+    for a in a_grid:
+        row = []
+        for b in b_grid:
+            layer = _layer(mod, a, b)
+            if layer is None:
+                return None
+            x = torch.randn(batch, a, *shape_in[2:])
+            if nhwc and x.dim() == 4:
+                x, layer = x.contiguous(memory_format=torch.channels_last), set_layout(layer, True)
+            row.append(_time(functools.partial(layer.eval(), x), runs, max(2, runs // 4)))
+        rows.append(tuple(row))
+    return LayerTerm(name, a0, b0, a_sl, b_sl, a_grid, b_grid, tuple(rows))
+
+
+def uniform_cut(
+    model: nn.Module, example: torch.Tensor, fraction: float, exclude: Sequence[str] = ()
+) -> nn.Module:
+    """A copy of ``model`` with every unit cut to ``round(fraction * C)`` channels (smallest
+    filter L1 norms removed), in the model's layout."""
+    out = copy.deepcopy(model).eval()
+    for name in [u.name for u in find_units(out, example, exclude)]:
+        unit = next(u for u in find_units(out, example, exclude) if u.name == name)
+        keep = max(1, round(fraction * unit.channels))
+        mask = torch.zeros(unit.channels)
+        mask[torch.topk(filter_l1(out, unit), keep).indices] = 1
+        remove_channels(out, unit, mask, example, min_keep=1)
+    return out.eval()
+
+
+def measure_runtime(model: nn.Module, example: torch.Tensor, batch: int, threads: int,
+                    runtime: Runtime = "torch", runs: int = 20) -> float:  # fmt: skip
+    """Median ms of a whole forward at ``batch`` with ``threads`` threads in ``runtime``."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    x = (
+        example[:1]
+        .expand(batch, *example.shape[1:])
+        .contiguous(
+            memory_format=torch.channels_last
+            if is_channels_last(model)
+            else torch.contiguous_format
+        )
+    )
+    try:
+        fn = _runner(model.eval(), example, x, threads, runtime)
+        with torch.inference_mode():
+            return _time(fn, runs, max(3, runs // 4))
+    finally:
+        torch.set_num_threads(old)
+
+
+def _runner(
+    model: nn.Module, example: torch.Tensor, x: torch.Tensor, threads: int, runtime: Runtime
+) -> Callable[[], Any]:
+    if runtime == "torch":
+        return lambda: model(x)
+    if runtime == "export":
+        from rlprune.quiet import quiet_third_party
+
+        ex = example[:1].expand(2, *example.shape[1:]).contiguous()
+        with quiet_third_party():
+            prog = torch.export.export(
+                model, (ex,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},)
+            )
+        mod = prog.module()
+        return lambda: mod(x)
+    import onnxruntime as ort
+
+    from rlprune.pruning.export import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model, example, Path(tmp) / "m.onnx")
+        if path is None:
+            raise PruningError("ONNX export failed; cannot time with onnxruntime")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: x.contiguous().numpy()}
+    return lambda: sess.run(None, feed)
+
+
+_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd", "sve")
+
+
+def cpu_info() -> str:
+    """The CPU's model name (``lscpu``'s, from /proc/cpuinfo) and the vector-extension flags
+    that decide its kernels' speed, e.g. ``AMD EPYC (avx2 fma avx512f avx512_bf16)``."""
+    model, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() in ("flags", "Features"):
+                flags = set(value.split())
+                break
+    return f"{model} ({' '.join(f for f in _CPU_FLAGS if f in flags) or 'no AVX2'})"
+
+
+def _fit(points: list[tuple[float, float, float]]) -> tuple[float, float]:
+    """``(scale, offset)``: least squares of measured on raw over ``(fraction, measured, raw)``;
+    a non-positive slope falls back to a pure scale."""
+    xs, ys = [p[2] for p in points], [p[1] for p in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    scale = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
+    if scale <= 0:
+        return sum(ys) / max(sum(xs), 1e-12), 0.0
+    return scale, my - scale * mx
+
+
+def _table(model: nn.Module, units: list[Unit], example: torch.Tensor, batch: int, threads: int,
+           runtime: Runtime, probes: Sequence[float], step: int, runs: int,
+           cuts: dict[float, nn.Module]) -> LatencyTable:  # fmt: skip
+    calls = _calls(model, example)
+    slopes = _slopes(model, units, example, calls)
+    mods = dict(model.named_modules())
+    seen: dict[str, int] = {}
+    terms = []
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for call, sl in zip(calls, slopes, strict=True):
+            name = call[0]
+            seen[name] = seen.get(name, 0) + 1
+            label = name if seen[name] == 1 else f"{name}#{seen[name]}"
+            term = _term(
+                label, mods[name], call, sl, batch, is_channels_last(model), probes, step, runs
+            )
+            if term is None:
+                log.warning("%s: cannot be rebuilt at other widths; left to the calibration", name)
+            else:
+                terms.append(term)
+    finally:
+        torch.set_num_threads(old)
+    full = {u.name: u.channels for u in units}
+    table = LatencyTable(batch, tuple(terms), 1.0, 0.0)
+    points = []
+    for frac, cut in cuts.items():
+        counts = {u.name: max(1, round(frac * u.channels)) for u in units}
+        measured = measure_runtime(cut, example, batch, threads, runtime, runs)
+        points.append((frac, measured, table.raw(counts, full)))
+    scale, offset = _fit(points)
+    cal = tuple((f, m, offset + scale * r) for f, m, r in points)
+    return LatencyTable(batch, tuple(terms), scale, offset, cal)
+
+
+def profile_latency(model: nn.Module, example: torch.Tensor, batches: Sequence[int] = (1, 64),
+                    threads: int | None = None, runtime: Runtime = "torch",
+                    probes: Sequence[float] = PROBES, step: int = 8, runs: int = 10,
+                    calibration: Sequence[float] = CALIBRATION) -> LatencyLUT:  # fmt: skip
+    """Measure the latency table of ``model`` (any layout; its own is kept) on this machine.
+
+    Args:
+        model: the unpruned network, eval mode.
+        example: ``[1, C, H, W]``.
+        batches: one table per batch size.
+        threads: torch (and ONNX Runtime) threads; default: torch's current number.
+        runtime: where whole models are timed: ``torch`` (eager), ``export`` (``torch.export``
+            program) or ``onnxruntime``.
+        probes: keep fractions of the probed input widths (1.0 is always added).
+        step: output widths are probed at every multiple of ``step`` and one above it.
+        runs: timed calls per grid point and per whole-model measurement (median).
+        calibration: uniform keep fractions of the whole-model fit (1.0 is always added).
+    """
+    model = copy.deepcopy(model).eval()
+    units = find_units(model, example)
+    n = threads or torch.get_num_threads()
+    cuts = {f: uniform_cut(model, example, f) for f in sorted({1.0, *calibration}, reverse=True)}
+    t0 = time.perf_counter()
+    tables = {
+        b: _table(model, units, example, b, n, runtime, probes, step, runs, cuts) for b in batches
+    }
+    log.info(
+        "latency table: %d batch size(s) profiled in %.0f s", len(tables), time.perf_counter() - t0
+    )
+    machine = {
+        "cpu": cpu_info(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "channels_last": is_channels_last(model),
+    }
+    return LatencyLUT(
+        {u.name: u.channels for u in units}, tuple(example.shape[1:]), machine, runtime, n,
+        tuple(sorted({*probes, 1.0})), tables,
+    )  # fmt: skip
