@@ -56,6 +56,7 @@ from rlprune.pruning import (
     remove_channels,
     resolve_min_keep,
 )
+from rlprune.pruning.latency import round_count
 
 __all__ = ["BASELINES", "COUNT_BASED", "MAC_TARGETED", "prune_to_target"]
 
@@ -128,15 +129,19 @@ def _adjust(
 
 
 def _uniform_counts(
-    mac: UnitMacs, units: list[Unit], need: dict[str, int], goal: float
+    mac: UnitMacs, units: list[Unit], need: dict[str, int], goal: float, round_to: int = 1
 ) -> dict[str, int]:
-    """Counts ``round(r * C)`` with ``r`` bisected so MACs first reach ``goal``, then trimmed."""
+    """Counts ``round(r * C)`` (to a multiple of ``round_to``) with ``r`` bisected so MACs
+    first reach ``goal``, then trimmed (one channel at a time: ``round_to=1`` only)."""
 
     def counts_at(r: float) -> dict[str, int]:
         return {
-            u.name: max(need[u.name], min(u.channels, math.floor(r * u.channels + 0.5)))
+            u.name: round_count(
+                max(need[u.name], min(u.channels, math.floor(r * u.channels + 0.5))),
+                u.channels, round_to, need[u.name],
+            )
             for u in units
-        }
+        }  # fmt: skip
 
     lo, hi = 0.0, 1.0
     for _ in range(40):  # smallest r with MACs >= goal (MACs are non-decreasing in r)
@@ -144,7 +149,7 @@ def _uniform_counts(
         lo, hi = (mid, hi) if mac(counts_at(mid)) < goal else (lo, mid)
     above, below = counts_at(hi), counts_at(lo)
     best = min((above, below), key=lambda c: abs(mac(c) - goal))
-    if abs(mac(best) / goal - 1) <= _AIM:
+    if abs(mac(best) / goal - 1) <= _AIM or round_to > 1:
         return best
     depth = {u.name: u.depth for u in units}
     ch = {u.name: u.channels for u in units}
@@ -158,8 +163,11 @@ def _global_masks(
     need: dict[str, int],
     goal: float,
     scores: dict[str, torch.Tensor],
+    round_to: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """Remove channels in ascending global score order until the MACs reach ``goal``."""
+    """Remove channels in ascending global score order until the MACs reach ``goal``; with
+    ``round_to > 1`` a unit's turn removes a block (its lowest-scored channels) that brings it
+    to the next lower multiple of ``round_to``."""
     ranking = sorted(
         (float(s), u.depth, i, u.name)
         for u in units
@@ -172,14 +180,19 @@ def _global_masks(
     for _, _, idx, name in ranking:
         if cur <= goal:
             break
-        if counts[name] <= need[name]:
+        if masks[name][idx] == 0:  # gone with an earlier block
             continue
-        counts[name] -= 1
+        step = counts[name] % round_to or round_to
+        if counts[name] - step < need[name]:
+            continue
+        counts[name] -= step
         new = mac(counts)
-        if new < lo:  # this channel's step is too coarse here: try cheaper ones
-            counts[name] += 1
+        if new < lo and round_to == 1:  # this channel's step is too coarse here: try cheaper ones
+            counts[name] += step
             continue
-        masks[name][idx] = 0
+        alive = torch.nonzero(masks[name]).flatten()
+        block = alive[torch.argsort(scores[name][alive])[:step]] if step > 1 else [idx]
+        masks[name][block] = 0
         cur = new
     return masks
 
@@ -208,6 +221,7 @@ def prune_to_target(
     seed: int = 0,
     min_keep: float = PruneConfig.min_keep,
     exclude: Iterable[str] = (),
+    round_to: int = 1,
 ) -> dict[str, int]:
     """Prune ``model`` in place with a heuristic ``method``.
 
@@ -221,6 +235,8 @@ def prune_to_target(
         seed: seed of ``random``'s choice of filters.
         min_keep: channels every unit keeps (count if >= 1, else fraction).
         exclude: module names never pruned (besides the classifier).
+        round_to: kept counts on multiples of it (or whole, ``round_count``); MAC targets are
+            then met within the rounding's granularity, not 2%.
 
     Returns:
         Kept channel count per unit name (every unit of the model).
@@ -245,6 +261,7 @@ def prune_to_target(
         gen = torch.Generator().manual_seed(seed)
         for u in units:
             keep = max(need[u.name], int(counts.get(u.name, u.channels)))
+            keep = round_count(keep, u.channels, round_to, need[u.name])
             if method == "random":
                 masks[u.name] = torch.zeros(u.channels)
                 masks[u.name][torch.randperm(u.channels, generator=gen)[:keep]] = 1
@@ -254,18 +271,19 @@ def prune_to_target(
         mac = UnitMacs(model, units, example_input)
         goal = target_macs * mac.total
         if method == "l1-uniform":
-            kept = _uniform_counts(mac, units, need, goal)
+            kept = _uniform_counts(mac, units, need, goal, round_to)
             masks = {u.name: _lowest_l1(model, u, kept[u.name]) for u in units}
         else:
             scores = _unit_scores(model, units, method, example_input, calib)
-            masks = _global_masks(mac, units, need, goal, scores)
+            masks = _global_masks(mac, units, need, goal, scores, round_to)
     result: dict[str, int] = {}
     base_macs = count_macs_params(model, example_input)[0]
     for u in units:  # units are disjoint: cutting one never renumbers another's channels
         result[u.name] = len(remove_channels(model, u, masks[u.name], example_input, min_keep))
     model.eval()
     macs = count_macs_params(model, example_input)[0]
-    if method in MAC_TARGETED and abs(macs / base_macs / target_macs - 1) > TOLERANCE:
+    off = abs(macs / base_macs / target_macs - 1) > TOLERANCE
+    if method in MAC_TARGETED and off and round_to == 1:
         raise PruningError(
             f"{method}: reached {macs / base_macs:.3f} of the MACs, not {target_macs:.3f} "
             f"(+-{TOLERANCE:.0%}); min_keep={min_keep} may forbid the target"

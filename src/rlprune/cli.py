@@ -1,4 +1,4 @@
-"""Command-line interface: ``rlprune {train,eval,inspect,prune,report,compare,demo}``.
+"""Command-line interface: ``rlprune {train,eval,inspect,prune,report,compare,profile,demo}``.
 
 Developer notes: the only module that prints. Seeds and devices are chosen here, once, and
 passed down. Each ``cmd_*`` turns its arguments into typed configs and calls a typed function
@@ -153,17 +153,25 @@ def _prune_config(args: argparse.Namespace) -> PruneConfig:
     from rlprune.config import PruneConfig, load_config
 
     sets = list(args.set or [])
-    if args.max_acc_drop is not None and args.target_macs is not None:
+    given = [f for f, v in (("--max-acc-drop", args.max_acc_drop), ("--target-macs",
+             args.target_macs), ("--target-latency", args.target_latency)) if v is not None]  # fmt: skip
+    if len(given) > 1:
         raise RlpruneError(
-            "choose one mode: --max-acc-drop (accuracy-bounded) or --target-macs (budget)"
+            f"choose one mode: {' or '.join(given)} (--max-acc-drop: accuracy-bounded; "
+            "--target-macs / --target-latency: budget)"
         )
     if args.max_acc_drop is not None:
         sets += ["reward.mode=accuracy", f"reward.max_acc_drop={_yaml_scalar(args.max_acc_drop)}"]
-    if args.target_macs is not None:
-        sets += [
-            f"reward.mode={args.mode or 'budget'}",
-            f"reward.target_macs={_yaml_scalar(args.target_macs)}",
-        ]
+    for key in ("target_macs", "target_latency"):
+        if getattr(args, key) is not None:
+            sets += [
+                f"reward.mode={args.mode or 'budget'}",
+                f"reward.{key}={_yaml_scalar(getattr(args, key))}",
+            ]
+    if args.target_latency is not None or args.latency_table is not None:
+        sets.append("reward.efficiency=latency")
+    if args.latency_table is not None:
+        sets.append(f"reward.latency_table={_yaml_scalar(str(args.latency_table))}")
     if args.seed is not None:
         sets.append(f"seed={args.seed}")
     return load_config(PruneConfig, args.config, sets)
@@ -239,6 +247,39 @@ def cmd_report(args: argparse.Namespace) -> int:
     from rlprune.report import write_report
 
     print(write_report(args.run_dir))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Measure the latency table of a checkpoint on this machine and save it as JSON."""
+    from rlprune.checkpoint import load_model
+    from rlprune.models import set_layout
+    from rlprune.pruning.profile import profile_latency
+
+    model, spec, _ = load_model(args.checkpoint)
+    if spec is None:
+        raise RlpruneError("profile needs a zoo checkpoint (it stores the input size)")
+    batches = tuple(int(b) for b in args.batch_size)
+    if not batches or any(b != float(b) or not 1 <= b <= 4096 for b in args.batch_size):
+        raise RlpruneError(f"--batch-size: whole numbers in 1..4096, got {args.batch_size}")
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        raise RlpruneError(f"--threads must be in 1..1024, got {args.threads}")
+    out = Path(args.out)
+    _check_writable(out.parent if str(out.parent) else Path("."))
+    set_layout(model, not args.nchw)
+    t0 = time.perf_counter()
+    lut = profile_latency(model, spec.example_input(), batches, args.threads, args.runtime)
+    lut.save(out)
+    for b, table in sorted(lut.tables.items()):
+        errs = [abs(p / m - 1) for _, m, p in table.calibration]
+        print(
+            f"batch {b}: {len(table.terms)} layer terms, full model {table.calibration[0][1]:.3f} "
+            f"ms measured, fit within {max(errs):.1%} at uniform cuts"
+        )
+    print(
+        f"{lut.machine['cpu']}, {lut.runtime}, {lut.threads} thread(s); "
+        f"{time.perf_counter() - t0:.0f} s -> {out}"
+    )
     return 0
 
 
@@ -318,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         "prune": cmd_prune,
         "report": cmd_report,
         "compare": cmd_compare,
+        "profile": cmd_profile,
         "demo": cmd_demo,
     }
     add_commands(sub, commands)

@@ -163,10 +163,26 @@ def _add_prune(sub: Subparsers, cmd: Command) -> None:
         "exclusive with --max-acc-drop (default: not set)",
     )
     r.add_argument(
+        "--target-latency",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="budget mode on measured latency: latency to reach as a fraction of the "
+        "baseline's (batch reward.latency_batch, default 64), in (0, 1); sets "
+        "reward.efficiency=latency (default: not set)",
+    )
+    r.add_argument(
+        "--latency-table",
+        default=None,
+        metavar="JSON",
+        help="latency table from `rlprune profile` (e.g. made on the deployment machine); "
+        "sets reward.efficiency=latency (default: profiled on the fly when latency is priced)",
+    )
+    r.add_argument(
         "--mode",
         choices=["budget", "amc"],
         default=None,
-        help="reward with --target-macs: budget | amc (AMC's -error*log(MACs)) (default: budget)",
+        help="reward with a budget: budget | amc (AMC's -error*log(cost)) (default: budget)",
     )
     _config_args(r, _SEARCH_KEYS, "--set agent.samples=16")
     r.add_argument("--seed", type=int, default=None, help="search seed (default 0)")
@@ -225,6 +241,33 @@ def _add_compare(sub: Subparsers, cmd: Command) -> None:
     c.set_defaults(func=cmd)
 
 
+def _add_profile(sub: Subparsers, cmd: Command) -> None:
+    p = sub.add_parser("profile", help="measure a per-unit latency table on this machine")
+    p.add_argument("--checkpoint", required=True, help="the unpruned zoo model.pt (required)")
+    p.add_argument("--out", required=True, metavar="JSON", help="table file to write (required)")
+    p.add_argument(
+        "--batch-size",
+        type=float_list,
+        default="1,64",
+        metavar="B1,B2",
+        help="batch sizes, one table each, comma-separated (default: 1,64)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads, >= 1 (default: torch's number)"
+    )
+    p.add_argument(
+        "--runtime",
+        choices=["torch", "export", "onnxruntime"],
+        default="torch",
+        help="where whole models are timed: eager torch, the torch.export program, or ONNX "
+        "Runtime (default: torch)",
+    )
+    p.add_argument(
+        "--nchw", action="store_true", help="time in NCHW, not NHWC (default: NHWC, as searched)"
+    )
+    p.set_defaults(func=cmd)
+
+
 def add_commands(sub: Subparsers, commands: Mapping[str, Command]) -> None:
     """Add every subcommand; ``commands`` maps its name to the function it runs."""
     _add_train(sub, commands["train"])
@@ -251,6 +294,7 @@ def add_commands(sub: Subparsers, commands: Mapping[str, Command]) -> None:
     rp.set_defaults(func=commands["report"])
 
     _add_compare(sub, commands["compare"])
+    _add_profile(sub, commands["profile"])
 
     d = sub.add_parser("demo", help="train vgg-small on Fashion-MNIST, then prune it (~5 min)")
     d.add_argument(

@@ -27,7 +27,7 @@ Each measured (method, target, seed) cell is saved at once in ``OUT/cells`` (see
 cell in ``OUT`` for the asked methods and targets, so per-seed invocations into one ``OUT``
 (``seeds=1`` with ``seed=s``) add up to one table. Outputs in ``OUT``: ``compare.json`` (per
 method and target: mean/std over seeds and the raw per-seed values), ``compare.md`` (table,
-command, machine) and ``pareto.png``.
+command, machine), ``pareto.png`` and ``pareto_latency.png`` (x: measured latency).
 """
 
 from __future__ import annotations
@@ -357,6 +357,7 @@ def compare(cfg: CompareConfig) -> CompareResult:
     atomic_write(out / "compare.json", lambda f: f.write(json.dumps(report, indent=2)), mode="w")
     atomic_write(out / "compare.md", lambda f: f.write(text), mode="w")
     pareto_plot(report, out / "pareto.png")
+    pareto_plot(report, out / "pareto_latency.png", x="latency")
     log.info("comparison written to %s", out / "compare.md")
     return CompareResult(report, text, out, ran, reused)
 

@@ -211,6 +211,7 @@ def heuristic_runner(method: str) -> Runner:
             seed=cfg.seed,
             min_keep=cfg.min_keep,
             exclude=cfg.exclude,
+            round_to=cfg.round_to,
         )
         search_s = time.perf_counter() - t0
         return MethodRun(model, kept, search_s, equal_fine_tune(ctx, model, f"fine-tune {method}"))

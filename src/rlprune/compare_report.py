@@ -10,7 +10,7 @@ import shlex
 import statistics
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch_pruning as tp
@@ -152,15 +152,22 @@ def compare_table(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def pareto_plot(report: dict[str, Any], path: Path) -> None:
+def pareto_plot(report: dict[str, Any], path: Path, x: Literal["macs", "latency"] = "macs") -> None:
+    """Test accuracy against MACs (``x="macs"``) or measured batch-64 latency
+    (``x="latency"``), both as a fraction of the baseline's, one line per method."""
     from matplotlib.figure import Figure  # here, so that ``import rlprune`` stays light
+
+    base_ms = report["baseline"]["latency_b64_ms"]
+
+    def pos(r: dict[str, Any]) -> float:
+        return float(r["macs_ratio"]) if x == "macs" else float(r["latency_b64_ms"]) / base_ms
 
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     for method, per_target in report["results"].items():
-        rows = sorted(per_target.values(), key=lambda r: r["macs_ratio"])
+        rows = sorted(per_target.values(), key=pos)
         ax.errorbar(
-            [r["macs_ratio"] for r in rows],
+            [pos(r) for r in rows],
             [r["test_acc_mean"] for r in rows],
             yerr=[r["test_acc_std"] for r in rows],
             marker="o",
@@ -168,9 +175,10 @@ def pareto_plot(report: dict[str, Any], path: Path) -> None:
             label=method,
         )
     ax.axhline(report["baseline"]["test_acc"], color="grey", ls=":", label="baseline")
-    ax.set_xlabel("MACs / baseline")
+    what = "MACs" if x == "macs" else "latency (batch 64, measured)"
+    ax.set_xlabel(f"{what} / baseline")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Accuracy vs MACs (error bars: std over seeds)")
+    ax.set_title(f"Accuracy vs {what.split(' ')[0]} (error bars: std over seeds)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

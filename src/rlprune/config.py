@@ -42,7 +42,7 @@ T = TypeVar("T")
 StateKind = Literal["features", "weights"]
 BaselineKind = Literal["batch-mean", "moving-average"]
 RewardMode = Literal["accuracy", "budget", "amc"]
-Efficiency = Literal["macs", "filters"]
+Efficiency = Literal["macs", "filters", "latency"]
 Precision = Literal["fp32", "bf16"]
 WalkOrder = Literal["forward", "reverse", "macs"]
 SearchStrategy = Literal["layerwise", "joint"]
@@ -135,8 +135,12 @@ class AgentConfig:
 class RewardConfig:
     """Reward settings; see :mod:`rlprune.reward` for the formulas.
 
-    Exactly one of ``max_acc_drop`` (accuracy-bounded mode) and ``target_macs`` (budget mode)
-    drives the search; ``mode="amc"`` uses AMC's ``-error * log(MACs)`` with a MAC budget.
+    Exactly one of ``max_acc_drop`` (accuracy-bounded mode) and a budget (``target_macs`` or
+    ``target_latency``, budget mode) drives the search; ``mode="amc"`` uses AMC's
+    ``-error * log(cost)`` with the budget. ``efficiency="latency"`` prices masks with a
+    measured latency table (:mod:`rlprune.pruning.latency`): the file ``latency_table``, or one
+    profiled on the fly at ``latency_batch`` with ``latency_threads`` threads; budget mode then
+    takes ``target_latency`` (a fraction of the baseline's latency) instead of ``target_macs``.
     """
 
     mode: RewardMode = "accuracy"
@@ -148,6 +152,10 @@ class RewardConfig:
     project: bool = False  # budget modes: project the chosen mask onto the unit's MAC budget
     budget_penalty: float = 100.0  # pp per unit of log-overshoot of the unit's MAC budget
     budget_under: float = 20.0  # pp per unit of log-undershoot (pruning past the unit's share)
+    target_latency: float = 0.0  # fraction of baseline latency to reach (budget/amc modes)
+    latency_table: str | None = None  # `rlprune profile` JSON; None: profiled on the fly
+    latency_batch: int = 64  # the batch size whose latency the reward prices
+    latency_threads: int = 0  # threads of an on-the-fly profile; 0: torch's current number
 
     def __post_init__(self) -> None:
         _check_choice(self.mode, RewardMode, "reward.mode")
@@ -157,24 +165,42 @@ class RewardConfig:
         _check(self.tolerance >= 0, "reward.tolerance", "must be >= 0")
         _range(self.tolerance, 0, 100, "reward.tolerance")
         _check_choice(self.efficiency, Efficiency, "reward.efficiency")
-        if self.mode == "accuracy":
-            _check(
-                self.target_macs == 0,
-                "target_macs",
-                "accuracy mode takes --max-acc-drop, not --target-macs (choose one mode)",
-            )
-        else:
-            _check(
-                0 < self.target_macs < 1,
-                "target_macs",
-                f"must be in (0, 1) for {self.mode} mode, got {self.target_macs}",
-            )
+        self._check_targets()
         _check(self.guard > 0, "reward.guard", "must be > 0")
         _range(self.guard, 0, 100, "reward.guard")
         _check(self.budget_penalty >= 0, "reward.budget_penalty", "must be >= 0")
         _range(self.budget_penalty, 0, 1e4, "reward.budget_penalty")
         _check(self.budget_under >= 0, "reward.budget_under", "must be >= 0")
         _range(self.budget_under, 0, 1e4, "reward.budget_under")
+        _range(self.latency_batch, 1, MAX_BATCH, "reward.latency_batch")
+        _range(self.latency_threads, 0, 1024, "reward.latency_threads")
+        _check(
+            self.latency_table is None or self.efficiency == "latency",
+            "reward.latency_table",
+            "a latency table prices latency: set reward.efficiency=latency (or drop the table)",
+        )
+
+    def _check_targets(self) -> None:
+        """Accuracy mode: no budget. Budget modes: exactly one of target_macs/target_latency,
+        the one that matches ``efficiency`` (a latency budget needs latency prices)."""
+        if self.mode == "accuracy":
+            for key, flag in (
+                ("target_macs", "--target-macs"),
+                ("target_latency", "--target-latency"),
+            ):
+                v = getattr(self, key)
+                _check(
+                    v == 0, key, f"accuracy mode takes --max-acc-drop, not {flag} (choose one mode)"
+                )
+            return
+        _check(
+            self.target_macs == 0 or self.target_latency == 0,
+            "target_latency",
+            "give one budget: --target-macs or --target-latency, not both",
+        )
+        key = "target_latency" if self.efficiency == "latency" else "target_macs"
+        v = getattr(self, key)
+        _check(0 < v < 1, key, f"must be in (0, 1) for {self.mode} mode, got {v}")
 
     @property
     def b(self) -> float:
@@ -276,6 +302,10 @@ class PruneConfig:
     batch_size: int = 128
     weight_decay: float = 5e-4
     latency_runs: int = 20
+    # Kept channels per unit rounded to a multiple of round_to (never below min_keep; a unit may
+    # stay whole): CPU kernels compute output channels in vector blocks, so such widths can run
+    # faster per channel (bench/latency_aware.py measures whether it pays). 1: no rounding.
+    round_to: int = 1
     # NHWC layout for rollouts, fine-tuning and measurement: oneDNN's CPU pooling and conv
     # kernels are faster on NHWC than NCHW, with the same accuracies (figures in
     # docs/BENCHMARKS.md, from bench/layout.py). The pruned model files are layout-free.
@@ -291,6 +321,11 @@ class PruneConfig:
             self.strategy != "joint" or self.reward.mode == "budget",
             "strategy",
             "joint needs a MAC target: --target-macs (reward.mode=budget)",
+        )
+        _check(
+            self.strategy != "joint" or self.reward.efficiency != "latency",
+            "strategy",
+            "joint searches MAC targets only; latency budgets run with strategy=layerwise",
         )
         _check_choice(self.order, WalkOrder, "order")
         _check(self.min_keep > 0, "min_keep", f"must be > 0, got {self.min_keep}")
@@ -315,6 +350,7 @@ class PruneConfig:
         _range(self.final_finetune_epochs, 0, 10_000, "final_finetune_epochs")
         _range(self.batch_size, 1, MAX_BATCH, "batch_size")
         _range(self.latency_runs, 3, 10_000, "latency_runs")
+        _range(self.round_to, 1, 1024, "round_to")
         _range(self.joint.steps, 1, MAX_STEPS, "joint.steps")
         _range(self.joint.samples, 2, MAX_SAMPLES, "joint.samples")
         _range(self.joint.images, 1, MAX_IMAGES, "joint.images")

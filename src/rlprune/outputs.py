@@ -93,10 +93,12 @@ def write_outputs(
     pruned: Measurement,
     records: list[dict[str, Any]],
     cfg: PruneConfig,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model.pt`` (weights_only-loadable), ``model.pt2``, ``report.json/.md`` and plots.
 
-    Sets ``file_bytes`` of both measurements.
+    Sets ``file_bytes`` of both measurements; ``extra`` sections (e.g. ``latency``: predicted
+    vs measured) go into ``report.json`` as they are.
     """
     meta = {"baseline": baseline.to_dict(), "pruned": pruned.to_dict()}
     ckpt = save_checkpoint(run.root / "model.pt", model, spec, meta=meta, pruned=True)
@@ -112,6 +114,7 @@ def write_outputs(
         "pruned": pruned.to_dict(),
         "units": records,
         "not_pruned": skipped_units(model),  # units the masked-vs-cut check skipped
+        **(extra or {}),
     }
     run.write_json("report.json", report)
     write_report(run.root)

@@ -187,6 +187,32 @@ def _not_pruned(rep: dict[str, Any]) -> list[str]:
     return lines + [f"- `{name}`: {why}" for name, why in skipped.items()]
 
 
+def _latency(rep: dict[str, Any]) -> list[str]:
+    """Predicted vs measured latency lines (runs priced with a latency table; none: no lines)."""
+    lat = rep.get("latency")
+    if not isinstance(lat, dict) or not isinstance(lat.get("rows"), list):
+        return []
+    lines = [
+        "", "## Latency: predicted vs measured", "",
+        f"Table made on {lat.get('cpu', '?')}, runtime {lat.get('runtime', '?')}, "
+        f"{lat.get('threads', '?')} thread(s); measured here the same way (median ms).", "",
+        "| batch | model | predicted | measured | error |", "|---:|---|---:|---:|---:|",
+    ]  # fmt: skip
+    for row in lat["rows"]:
+        for key in ("baseline", "pruned"):
+            r = row.get(key) if isinstance(row, dict) else None
+            if not isinstance(r, dict):
+                continue
+            try:
+                lines.append(
+                    f"| {int(row['batch'])} | {key} | {float(r['predicted_ms']):.3f} ms | "
+                    f"{float(r['measured_ms']):.3f} ms | {float(r['error']):+.1%} |"
+                )
+            except (KeyError, TypeError, ValueError):
+                continue
+    return lines
+
+
 def write_report(run_dir: str | Path) -> Path:
     """(Re)generate ``report.md`` and the plots from ``report.json``."""
     root = Path(run_dir)
@@ -231,6 +257,7 @@ def write_report(run_dir: str | Path) -> Path:
             f"{u.get('agent_s', float('nan')):.0f} | "
             f"{u.get('finetune_s', float('nan')):.0f} |"
         )
+    lines += _latency(rep)
     lines += _not_pruned(rep)
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     text = "\n".join(lines) + "\n"

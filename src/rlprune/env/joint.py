@@ -22,6 +22,7 @@ from rlprune.agent import feature_state, unit_statistics
 from rlprune.config import PruneConfig
 from rlprune.models import set_layout
 from rlprune.pruning import Unit, UnitMacs, UnitMask, find_units, remove_channels, resolve_min_keep
+from rlprune.pruning.latency import round_count
 from rlprune.reward import budget_reward
 
 __all__ = ["JointBatch", "JointEnv"]
@@ -224,13 +225,15 @@ class JointEnv:
     def project(self, logits: torch.Tensor, iters: int = 60) -> torch.Tensor:
         """The deterministic mask ``[N]`` that lands on the MAC target: a common shift ``d`` of
         all logits sets each unit's count to ``round(sum_i sigmoid(logit_i + d))`` (its expected
-        count), solved by bisection; each unit keeps its highest-logit filters."""
+        count, rounded to a multiple of ``round_to``), solved by bisection; each unit keeps its
+        highest-logit filters."""
         parts = self.split(logits.detach().float())
 
         def at(shift: float) -> torch.Tensor:
             out = []
             for part, low in zip(parts, self.min_keep, strict=True):
                 n = max(low, min(part.numel(), round(float(torch.sigmoid(part + shift).sum()))))
+                n = round_count(n, part.numel(), self.cfg.round_to, low)
                 keep = torch.zeros_like(part)
                 keep[torch.topk(part, n).indices] = 1.0
                 out.append(keep)

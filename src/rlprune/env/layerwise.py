@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,7 @@ from rlprune.pruning import (
     remove_channels,
     resolve_min_keep,
 )
+from rlprune.pruning.latency import CostCurve, LatencyLUT, LatencyModel, round_count
 from rlprune.reward import accuracy_reward, amc_reward, budget_reward
 from rlprune.rollouts import PrefixScorer, Scorer, accuracy_stderr, make_scorer
 
@@ -45,7 +47,7 @@ class RolloutBatch:
 
 
 def unit_budget(
-    macs: UnitMacs,
+    macs: Callable[[dict[str, int]], float],
     units: list[Unit],
     remaining: list[Unit],
     target_macs: float,
@@ -54,6 +56,7 @@ def unit_budget(
 ) -> float:
     """Keep ratio ``r`` such that cutting every remaining unit to ``r`` reaches ``target_macs``.
 
+    ``macs`` is the cost model (:class:`UnitMacs`, or a latency model with a latency target).
     Spreads the remaining budget uniformly over the remaining units (bisection on the
     closed-form MACs ``macs`` of the model's ``units``, exact for the zoo); later units
     re-solve it from the model as it then is, so a unit that prunes more than its share leaves
@@ -106,6 +109,10 @@ class PruningEnv:
         base_acc: unpruned accuracy (%) on the reward set.
         base_macs: unpruned model MACs.
         dist_ctx: with several processes, each scores its share of the masks.
+        lut: with ``reward.efficiency=latency``, the latency table of the unpruned model
+            (:class:`~rlprune.pruning.latency.LatencyLUT`): masks are priced in predicted ms at
+            ``reward.latency_batch`` instead of MACs, and the budget is ``target_latency`` of
+            the full-width prediction.
 
     Attributes:
         scored: rollouts of the current unit run on the reward set.
@@ -122,8 +129,18 @@ class PruningEnv:
         base_acc: float,
         base_macs: int,
         dist_ctx: DistContext | None = None,
+        lut: LatencyLUT | None = None,
     ) -> None:
         self.model = model
+        self.lut = lut
+        latency = lut.model(cfg.reward.latency_batch) if lut is not None else None
+        self.latency: LatencyModel | None = latency
+        rc = cfg.reward
+        # what masks are priced in (MACs or ms), the unpruned model's cost, the model budget
+        self.base_cost = float(base_macs) if latency is None else latency.total
+        self.target = (
+            rc.target_latency if latency is not None else rc.target_macs
+        ) * self.base_cost
         self.dist = dist_ctx or DistContext()
         self.reward_x, self.reward_y = reward_set
         self.calib = calib
@@ -133,7 +150,7 @@ class PruningEnv:
         self.base_macs = base_macs
         self.unit: Unit | None = None
         self._scorer: Scorer | None = None
-        self.mac_model: MacModel | None = None
+        self.mac_model: MacModel | CostCurve | None = None  # the current unit's cost line
         self.budget: float = 0.0
         # Exact reuse: a mask's accuracy is a deterministic function of the mask, so a mask
         # sampled again (common once the policy sharpens) is looked up, not re-scored.
@@ -162,25 +179,7 @@ class PruningEnv:
         self.unit = unit
         self._memo, self.scored, self.reused = {}, 0, 0
         self.model.eval()
-        if self.cfg.reward.mode == "accuracy":
-            self.mac_model = MacModel.measure(self.model, unit, self.example)
-        else:
-            # One probe per unit serves both the budget and this unit's MAC line (exact when
-            # the convs shared by two units are bias-free, as in the zoo; see UnitMacs).
-            units = self.units()
-            macs = UnitMacs(self.model, units, self.example)
-            self.mac_model = macs.line(unit.name)
-            target = self.cfg.reward.target_macs * self.base_macs
-            current = {u.name: u for u in units}
-            remaining = [current[n] for n in order[order.index(unit.name) :] if n in current]
-            ratio = unit_budget(macs, units, remaining, target, self.cfg.min_keep)
-            keep_n = max(
-                resolve_min_keep(self.cfg.min_keep, unit.channels), round(ratio * unit.channels)
-            )
-            self.budget = float(self.mac_model.macs(keep_n, unit.channels))
-            log.info(
-                "%s: budget keep ratio %.3f -> unit MAC budget %.4g", unit.name, ratio, self.budget
-            )
+        self._price(unit, order)
         self._scorer = make_scorer(
             self.model,
             unit,
@@ -197,7 +196,35 @@ class PruningEnv:
         if self.cfg.agent.state == "weights":
             return weight_state(self.model, unit)
         stats = unit_statistics(self.model, unit, *self.calib)
-        return feature_state(stats, unit, len(order), self.mac_model.total / self.base_macs)
+        assert self.mac_model is not None
+        return feature_state(stats, unit, len(order), self.mac_model.total / self.base_cost)
+
+    def _price(self, unit: Unit, order: list[str]) -> None:
+        """The unit's cost line (MACs or predicted ms against its kept channels, the other
+        units as they are now) and, in budget modes, its share of the model budget."""
+        if self.cfg.reward.mode == "accuracy" and self.latency is None:
+            self.mac_model = MacModel.measure(self.model, unit, self.example)
+            return
+        units = self.units()
+        counts = {u.name: u.channels for u in units}
+        if self.latency is not None:
+            cost: Callable[[dict[str, int]], float] = self.latency
+            self.mac_model = self.latency.line(unit.name, counts)
+        else:
+            # One probe per unit serves both the budget and this unit's MAC line (exact when
+            # the convs shared by two units are bias-free, as in the zoo; see UnitMacs).
+            macs = UnitMacs(self.model, units, self.example)
+            cost, self.mac_model = macs, macs.line(unit.name)
+        if self.cfg.reward.mode == "accuracy":
+            return
+        current = {u.name: u for u in units}
+        remaining = [current[n] for n in order[order.index(unit.name) :] if n in current]
+        ratio = unit_budget(cost, units, remaining, self.target, self.cfg.min_keep)
+        keep_n = max(
+            resolve_min_keep(self.cfg.min_keep, unit.channels), round(ratio * unit.channels)
+        )
+        self.budget = float(self.mac_model.cost(keep_n, unit.channels))
+        log.info("%s: budget keep ratio %.3f -> unit budget %.4g", unit.name, ratio, self.budget)
 
     def restore_counts(self, scored: int, reused: int) -> None:
         """Continue the current unit's rollout counts (a resumed run: counts survive a kill)."""
@@ -264,7 +291,7 @@ class PruningEnv:
         accs = torch.tensor([memo[k] for k in keys], dtype=torch.float64)
         self.scored += len(new)
         self.reused += len(masks) - len(new)
-        macs = self.mac_model.macs(kept, unit.channels)
+        macs = self.mac_model.cost(kept, unit.channels)
         drop = self.ref_acc - accs
         if rc.mode == "accuracy":
             if rc.efficiency == "filters":
@@ -284,19 +311,20 @@ class PruningEnv:
         the lowest go first. ``probs [C]``; returns a new ``[C]`` 0/1 mask.
         """
         assert self.unit is not None and self.mac_model is not None
-        c, mm = self.unit.channels, self.mac_model
-        per = mm.per_channel
-        want = c if per <= 0 else c - round((mm.total - self.budget) / per)
-        want = min(c, max(resolve_min_keep(self.cfg.min_keep, c), want))
-        out = mask.detach().clone().float()
-        have = int(out.sum())
-        if have < want:
-            cand = torch.nonzero(out == 0).flatten()
-            out[cand[torch.argsort(probs[cand], descending=True)[: want - have]]] = 1
-        elif have > want:
-            cand = torch.nonzero(out == 1).flatten()
-            out[cand[torch.argsort(probs[cand])[: have - want]]] = 0
-        return out
+        c = self.unit.channels
+        want = min(
+            c, max(resolve_min_keep(self.cfg.min_keep, c), self.mac_model.count_for(self.budget, c))
+        )
+        return _to_count(mask, probs, want)
+
+    def round_mask(self, mask: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """The mask with its kept count rounded to a multiple of ``round_to`` (never below
+        ``min_keep``; see :func:`~rlprune.pruning.latency.round_count`), filters added back or
+        dropped in policy order as in :meth:`project_to_budget`."""
+        assert self.unit is not None
+        c, need = self.unit.channels, resolve_min_keep(self.cfg.min_keep, self.unit.channels)
+        want = round_count(max(int(mask.sum()), need), c, self.cfg.round_to, need)
+        return _to_count(mask, probs, want)
 
     def apply(self, mask: torch.Tensor) -> list[int]:
         """Physically remove the current unit's channels where ``mask`` is 0."""
@@ -306,3 +334,17 @@ class PruningEnv:
         kept = remove_channels(self.model, unit, mask, self.example, self.cfg.min_keep)
         set_layout(self.model, self.cfg.channels_last)  # the configured layout, whatever it was
         return kept
+
+
+def _to_count(mask: torch.Tensor, probs: torch.Tensor, want: int) -> torch.Tensor:
+    """``mask [C]`` with exactly ``want`` ones: pruned filters with the highest ``probs [C]``
+    come back first, kept filters with the lowest go first. Returns a new 0/1 mask."""
+    out = mask.detach().clone().float()
+    have = int(out.sum())
+    if have < want:
+        cand = torch.nonzero(out == 0).flatten()
+        out[cand[torch.argsort(probs[cand], descending=True)[: want - have]]] = 1
+    elif have > want:
+        cand = torch.nonzero(out == 1).flatten()
+        out[cand[torch.argsort(probs[cand])[: have - want]]] = 0
+    return out

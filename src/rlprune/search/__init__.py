@@ -25,6 +25,7 @@ from rlprune.env import PruningEnv
 from rlprune.models import ModelSpec, runs_channels_last, set_layout
 from rlprune.outputs import Measurement, measure_model, write_outputs
 from rlprune.pruning import find_units
+from rlprune.search.costs import latency_report, search_lut
 from rlprune.search.joint import joint
 from rlprune.search.layerwise import layerwise
 from rlprune.search.records import Decision, UnitProgress, UnitRecord
@@ -120,9 +121,17 @@ def prune(
     )
     if dist.is_main:
         unit_rows = [r.to_dict() for r in records]
+        extra = {}
+        lut = session.env.lut
+        if lut is not None:
+            counts = {r.unit: r.channels_after for r in records}
+            base = set_layout(copy.deepcopy(original), cfg.channels_last)
+            extra["latency"] = latency_report(
+                lut, base, session.model, counts, session.example, cfg.latency_runs
+            )
         write_outputs(
             runtime.run, session.model, original, spec, session.example,
-            session.baseline, pruned, unit_rows, cfg,
+            session.baseline, pruned, unit_rows, cfg, extra,
         )  # fmt: skip
     dist.barrier()
     return PruneResult(session.model, session.baseline, pruned, records, runtime.run.root)
@@ -149,6 +158,7 @@ def open_session(
 
     baseline = runtime.baseline(measure)
     assert baseline.reward_set_acc is not None
+    lut = search_lut(model, example, cfg, runtime.run, runtime.dist.active)
     env = PruningEnv(
         model,
         (reward_set.images.to(device), reward_set.labels.to(device)),
@@ -158,5 +168,6 @@ def open_session(
         baseline.reward_set_acc,
         baseline.macs,
         runtime.dist,
+        lut,
     )
     return Session(model, env, runtime, cfg, baseline, val, example)

@@ -132,7 +132,7 @@ def choose_mask(
 ) -> Decision:
     """The better of the best sampled mask and the deterministic ``p > 0.5`` mask; optionally
     projected onto the unit's MAC budget (AMC); a unit whose best mask collapses the network
-    is left whole."""
+    is left whole; with ``round_to`` the kept count is rounded to a multiple."""
     env, rc = s.env, s.cfg.reward
     det = (agent.probs(state) > 0.5).float()
     det_batch = env.score(det[None])
@@ -149,6 +149,12 @@ def choose_mask(
             pb = env.score(projected[None])
             chosen, mask = f"{chosen}+projected", projected
             acc, reward = float(pb.accs[0]), float(pb.rewards[0])
+    if s.cfg.round_to > 1:  # kept channels on a multiple the CPU kernels favour
+        rounded = env.round_mask(mask, agent.probs(state))
+        if not torch.equal(rounded, mask):
+            rb = env.score(rounded[None])
+            chosen, mask = f"{chosen}+rounded", rounded
+            acc, reward = float(rb.accs[0]), float(rb.rewards[0])
     if s.cfg.rollout.precision != "fp32":  # decide and report on exact fp32 numbers
         eb = env.score(mask[None], exact=True)
         acc, reward = float(eb.accs[0]), float(eb.rewards[0])
