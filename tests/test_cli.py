@@ -37,7 +37,10 @@ def test_every_option_of_every_command_has_help() -> None:
     parsers = dict(_parsers(cli.build_parser()))
     assert set(parsers) == {
         "rlprune",
-        *(f"rlprune {c}" for c in ("train", "eval", "inspect", "prune", "report", "compare")),
+        *(
+            f"rlprune {c}"
+            for c in ("train", "eval", "inspect", "prune", "report", "compare", "profile")
+        ),
         "rlprune demo",
     }
     for name, parser in parsers.items():
