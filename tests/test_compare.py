@@ -178,7 +178,7 @@ def test_per_seed_calls_add_up_to_one_table(
             accs = [s["test_acc"] for s in r["seeds"]]
             assert r["test_acc_std"] == pytest.approx(statistics.stdev(accs))
     assert not (tmp_path / "rl").exists()
-    assert (tmp_path / "pareto.png").is_file()
+    assert (tmp_path / "pareto.png").is_file() and (tmp_path / "pareto_latency.png").is_file()
 
 
 def test_a_registered_method_runs(
