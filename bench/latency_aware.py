@@ -1,0 +1,211 @@
+"""Latency-aware vs MACs-aware pruning at equal measured latency (docs/LATENCY.md).
+
+For each model (checkpoints in docs/results/base/, Fashion-MNIST) and seed:
+
+1. a latency table is profiled once per model on this machine (batch 1 and 64, ``--threads``
+   threads, eager torch, NHWC) and kept in docs/results/latency/{model}_lut.json;
+2. MACs-aware: the layer-wise RL search in budget mode at ``--target-macs``;
+3. its pruned model's batch-64 latency is measured; its ratio to the baseline's is the target of
+4. latency-aware: the same search priced with the table, ``--target-latency`` at that ratio;
+5. both pruned models are measured (test accuracy; latency at batch 1 and 64, predicted by the
+   table and measured, ``--threads`` threads) into docs/results/latency/{model}_s{seed}.json.
+
+The fine-tune budget is the benchmark's (bench/results.yaml: finetune_steps=50,
+final_finetune_epochs=0.5). Finished cells are kept (rerun to resume; run folders under
+runs/latency_aware/ resume too). ``collect`` writes docs/LATENCY.md from the cells;
+``rounding`` prints whether kept counts rounded to 8 or 16 run faster on this CPU.
+
+    .venv/bin/python bench/latency_aware.py run --model vgg-small --seed 0 [--threads 1]
+    .venv/bin/python bench/latency_aware.py collect
+    .venv/bin/python bench/latency_aware.py rounding --model vgg-small [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rlprune.baselines import prune_to_target
+from rlprune.checkpoint import load_model
+from rlprune.config import PruneConfig, RewardConfig
+from rlprune.data import load_dataset
+from rlprune.models import set_layout
+from rlprune.pruning import count_macs_params
+from rlprune.pruning.latency import LatencyLUT
+from rlprune.pruning.profile import cpu_info, measure_runtime, profile_latency
+from rlprune.search import prune
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "docs" / "results" / "base"
+CELLS = ROOT / "docs" / "results" / "latency"
+RUNS = ROOT / "runs" / "latency_aware"
+DATA = "/usr/share/datasets/fashion-mnist"
+SETTINGS = {"finetune_steps": 50, "final_finetune_epochs": 0.5}  # bench/results.yaml
+BATCHES = (1, 64)
+
+
+def _lut(model: nn.Module, example: torch.Tensor, name: str, threads: int) -> Path:
+    path = CELLS / f"{name}_lut.json"
+    if not path.exists():
+        t0 = time.perf_counter()
+        profile_latency(model, example, BATCHES, threads).save(path)
+        print(f"{name}: latency table profiled in {time.perf_counter() - t0:.0f} s -> {path}")
+    return path
+
+
+def _measure(model: nn.Module, lut: LatencyLUT, counts: dict[str, int], example: torch.Tensor,
+             threads: int, runs: int) -> dict[str, Any]:  # fmt: skip
+    out: dict[str, Any] = {"macs": count_macs_params(model, example)[0]}
+    for b in BATCHES:
+        out[f"b{b}_measured_ms"] = measure_runtime(model, example, b, threads, "torch", runs)
+        out[f"b{b}_predicted_ms"] = lut.model(b)(counts)
+    return out
+
+
+def _search(name: str, seed: int, kind: str, reward: RewardConfig, args: argparse.Namespace,
+            ) -> tuple[nn.Module, dict[str, int], float]:  # fmt: skip
+    model, spec, _ = load_model(BASE / f"{name}.pt")
+    data = load_dataset("fashion-mnist", data_dir=DATA, seed=0, max_train=args.max_train)
+    cfg = PruneConfig(seed=seed, reward=reward, **SETTINGS)  # type: ignore[arg-type]
+    if args.smoke:
+        cfg = PruneConfig(seed=seed, reward=reward, finetune_steps=2, final_finetune_epochs=0.01)
+    out = RUNS / name / f"{kind}_s{seed}"
+    res = prune(model, data.train, data.val, cfg, test=data.test, out_dir=out, spec=spec,
+                hflip=data.hflip, resume=(out / "rlprune-run.json").exists())  # fmt: skip
+    counts = {r.unit: r.channels_after for r in res.units}
+    assert res.pruned.test_acc is not None
+    return res.model, counts, res.pruned.test_acc
+
+
+def run(args: argparse.Namespace) -> None:
+    CELLS.mkdir(parents=True, exist_ok=True)
+    name, seed, t = args.model, args.seed, args.threads
+    cell = CELLS / f"{name}_s{seed}.json"
+    if cell.exists():
+        print(f"{cell} exists: skipped")
+        return
+    base, spec, _ = load_model(BASE / f"{name}.pt")
+    assert spec is not None
+    example = spec.example_input()
+    set_layout(base, True).eval()
+    lut_path = _lut(base, example, name, t)
+    lut = LatencyLUT.load(lut_path)
+    full = dict(lut.units)
+    row: dict[str, Any] = {"model": name, "seed": seed, "threads": t, "cpu": cpu_info(),
+                           "torch": torch.__version__, "target_macs": args.target_macs,
+                           "baseline": _measure(base, lut, full, example, t, args.runs)}  # fmt: skip
+    macs_reward = RewardConfig(mode="budget", target_macs=args.target_macs)
+    model, counts, acc = _search(name, seed, "macs", macs_reward, args)
+    row["macs_aware"] = {"test_acc": acc, "kept": counts,
+                         **_measure(model, lut, counts, example, t, args.runs)}  # fmt: skip
+    ratio = row["macs_aware"]["b64_measured_ms"] / row["baseline"]["b64_measured_ms"]
+    row["target_latency"] = ratio
+    lat_reward = RewardConfig(mode="budget", efficiency="latency", target_latency=ratio,
+                              latency_table=str(lut_path), latency_batch=64)  # fmt: skip
+    model, counts, acc = _search(name, seed, "latency", lat_reward, args)
+    row["latency_aware"] = {"test_acc": acc, "kept": counts,
+                            **_measure(model, lut, counts, example, t, args.runs)}  # fmt: skip
+    cell.write_text(json.dumps(row, indent=1))
+    print(json.dumps({k: row[k] for k in ("model", "seed", "target_latency")}), "->", cell)
+
+
+def _fmt_row(r: dict[str, Any], key: str, base: dict[str, Any]) -> str:
+    m = r[key]
+    errs = [m[f"b{b}_predicted_ms"] / m[f"b{b}_measured_ms"] - 1 for b in BATCHES]
+    return (f"| {r['model']} | {r['seed']} | {key.replace('_', '-')} | {m['test_acc']:.2f}% | "
+            f"{m['macs'] / base['macs']:.3f} | "
+            + " | ".join(f"{m[f'b{b}_measured_ms']:.3f} ({m[f'b{b}_measured_ms'] / base[f'b{b}_measured_ms']:.2f}x)" for b in BATCHES)
+            + " | " + " / ".join(f"{e:+.1%}" for e in errs) + " |")  # fmt: skip
+
+
+def collect(args: argparse.Namespace) -> None:
+    rows = [json.loads(p.read_text()) for p in sorted(CELLS.glob("*_s*.json"))]
+    lines = ["# Latency-aware vs MACs-aware pruning at equal measured latency", "",
+             "Generated by `bench/latency_aware.py collect` from docs/results/latency/.", "",
+             "| model | seed | search | test acc | MACs ratio | b1 ms (vs base) | b64 ms (vs base) "
+             "| predicted vs measured (b1 / b64) |", "|---|---:|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        lines += [_fmt_row(r, k, r["baseline"]) for k in ("macs_aware", "latency_aware")]
+    lines += ["", "| model | seeds | MACs-aware acc | latency-aware acc | diff (pp) |",
+              "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for name in sorted({r["model"] for r in rows}):
+        rs = [r for r in rows if r["model"] == name]
+        a = [r["macs_aware"]["test_acc"] for r in rs]
+        b = [r["latency_aware"]["test_acc"] for r in rs]
+        lines.append(f"| {name} | {len(rs)} | {statistics.fmean(a):.2f}% | "
+                     f"{statistics.fmean(b):.2f}% | {statistics.fmean(b) - statistics.fmean(a):+.2f} |")  # fmt: skip
+    if rows:
+        r0 = rows[0]
+        lines += ["", f"CPU: {r0['cpu']}; {r0['threads']} thread(s); torch {r0['torch']}; "
+                  f"MAC target {r0['target_macs']}; latency target = the MACs-aware model's "
+                  "measured batch-64 latency ratio.",
+                  "Command: `.venv/bin/python bench/latency_aware.py run --model M --seed S "
+                  f"--threads {r0['threads']}` for each model and seed, then `collect`."]  # fmt: skip
+    md = (
+        ROOT / "docs" / "LATENCY.md"
+        if CELLS == ROOT / "docs/results/latency"
+        else CELLS / "LATENCY.md"
+    )
+    md.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def rounding(args: argparse.Namespace) -> None:
+    """Measured latency of the MACs-aware cell's kept counts, raw and rounded (L1 surgery)."""
+    name, t = args.model, args.threads
+    cells = sorted(CELLS.glob(f"{name}_s*.json"))
+    base, spec, _ = load_model(BASE / f"{name}.pt")
+    assert spec is not None
+    example = spec.example_input()
+    set_layout(base, True).eval()
+    if cells:
+        counts = json.loads(cells[0].read_text())["macs_aware"]["kept"]
+    else:  # no cell yet: 45% of every unit
+        counts = {
+            n: max(1, round(0.45 * c))
+            for n, c in LatencyLUT.load(_lut(base, example, name, t)).units.items()
+        }
+    print(
+        f"{name}, {cpu_info()}, {t} thread(s), kept counts of {cells[0].name if cells else '45% per unit'}"
+    )
+    print("| round_to | MACs | b1 ms | b64 ms |\n|---:|---:|---:|---:|")
+    for m in (1, 8, 16):
+        model = copy.deepcopy(base)
+        prune_to_target(model, "l1-rl-ratios", 1.0, example, counts=counts, round_to=m)
+        lat = [measure_runtime(model, example, b, t, "torch", args.runs) for b in BATCHES]
+        print(
+            f"| {m} | {count_macs_params(model, example)[0] / 1e6:.2f}M | {lat[0]:.3f} | {lat[1]:.3f} |"
+        )
+
+
+def main() -> None:
+    global CELLS, RUNS
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("action", choices=["run", "collect", "rounding"])
+    p.add_argument("--model", default="vgg-small", choices=["vgg-small", "resnet20"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="threads of every timing")
+    p.add_argument("--target-macs", type=float, default=0.5)
+    p.add_argument("--runs", type=int, default=30, help="timed passes per measurement")
+    p.add_argument("--max-train", type=int, default=None, help="smoke runs: fewer images")
+    p.add_argument("--smoke", action="store_true", help="tiny fine-tune budget (a check only)")
+    p.add_argument("--cells", default=str(CELLS), help="cell folder (smoke runs: elsewhere)")
+    args = p.parse_args()
+    if Path(args.cells) != CELLS:
+        CELLS, RUNS = Path(args.cells), Path(args.cells) / "runs"
+    if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
+        print("warning: the machine is busy; latencies will be noisy")
+    {"run": run, "collect": collect, "rounding": rounding}[args.action](args)
+
+
+if __name__ == "__main__":
+    main()
