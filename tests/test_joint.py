@@ -75,6 +75,9 @@ def _joint_cfg(lr: float, steps: int = 60, signal: str = "loss") -> PruneConfig:
             signal=signal,
             train_weights=False,
             init="uniform",
+            action="filters",
+            train_mask="mode",
+            rerank_steps=0,
         ),
     )
 

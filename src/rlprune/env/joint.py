@@ -163,19 +163,29 @@ class JointEnv:
     ) -> JointBatch:
         """Accuracy, MACs and reward of one mask ``[N]`` on the whole reward set (or on
         ``images``: ``(x [M, C, H, W], y [M])``)."""
+        hits = self.correct(mask, images)
+        accs = torch.tensor([100.0 * float(hits.double().mean())], dtype=torch.float64)
+        return self._batch(100.0 - accs, accs, mask[None])
+
+    @torch.no_grad()
+    def correct(
+        self, mask: torch.Tensor, images: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Which images ``[M]`` (bool) the network under ``mask [N]`` classifies right (the
+        reward set, or ``images``)."""
         xs, ys = images if images is not None else (self.reward_x, self.reward_y)
         bs = self.cfg.rollout.batch_size
         self.model.eval()
         self.set_masks(mask)
         try:
-            correct = sum(
-                int((self.model(x).argmax(1) == y).sum())
-                for x, y in zip(xs.split(bs), ys.split(bs), strict=True)
+            return torch.cat(
+                [
+                    self.model(x).argmax(1) == y
+                    for x, y in zip(xs.split(bs), ys.split(bs), strict=True)
+                ]
             )
         finally:
             self.set_masks(None)
-        accs = torch.tensor([100.0 * correct / len(ys)], dtype=torch.float64)
-        return self._batch(100.0 - accs, accs, mask[None])
 
     def train_step(
         self, mask: torch.Tensor, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer

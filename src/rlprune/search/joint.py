@@ -1,13 +1,19 @@
 """The joint search: every unit at once (DECORE-style, Alwani et al., CVPR 2022).
 
-One policy gives a keep probability to every filter of the network (a shared per-filter
-network plus a learnt level per unit). Each episode samples K whole-network masks, scores them
-in one batched pass on a slice of the reward set (validation images) with the budget reward,
-updates the policy by REINFORCE, and trains the network's weights one SGD step under a sampled
-mask, so rewards are measured after the network has adapted to losing filters rather than
-before. The allocation across layers is learnt, not spread uniformly. At the end the logits
-are projected onto the MAC target (a common shift; each unit keeps its highest-logit filters),
-the filters are cut and the model is fine-tuned for the rest of the budget.
+The policy starts ON global magnitude's mask (the strongest heuristic here). Each episode
+samples K whole-network masks, scores them in one batched pass on a slice of the reward set
+(validation images) with the budget reward, updates the policy by REINFORCE, and trains the
+network's weights one SGD step under a sampled mask, so rewards are measured after the network
+has adapted to losing filters rather than before. ``joint.action=allocation`` learns each
+unit's keep ratio (a Gaussian per unit, filters ranked by their group magnitude: AMC's action
+space, He et al. ECCV 2018); ``filters`` learns every filter's keep (a Bernoulli per filter).
+
+The end is a fair choice: the learnt mask (projected onto the MAC target) and the start mask
+each get the same short recovery from the ORIGINAL weights, and the learnt one replaces the
+start only if it is significantly more accurate on validation images no reward saw (McNemar's
+paired test). The chosen mask is cut from the original weights and fine-tuned with the whole
+budget on the stream the one-shot heuristics use, so any difference from global magnitude's
+result is the structure's, not a schedule's or the search weights'.
 """
 
 from __future__ import annotations
@@ -15,12 +21,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Iterator
 
 import torch
 
 from rlprune.agent import sample_masks
+from rlprune.agent.allocation import AllocationAgent
 from rlprune.agent.joint import JointAgent
 from rlprune.baselines import prune_to_target
 from rlprune.env.joint import JointBatch, JointEnv, initial_levels
@@ -37,6 +45,7 @@ __all__ = ["JOINT_STREAM", "joint"]
 log = logging.getLogger(__name__)
 
 JOINT_STREAM = 1 << 25  # seed tag of the episodes' sampling and training streams
+RERANK_STREAM = 1 << 26  # seed tag of the final choice's recovery stream
 JOINT_UNIT = "<joint>"  # name under which the run folder keeps the search's progress
 
 
@@ -59,8 +68,18 @@ def joint(s: Session) -> list[UnitRecord]:
     agent.set_levels(initial_levels(env, agent.base_logits(state), begin.ratios))
     start_mask = begin.mask if begin.mask is not None else env.project(agent.logits(state))
     start = env.score_full(start_mask)
-    trained, train_s = train_jointly(s, env, agent, state)
-    choice = choose(s, env, start_mask, env.project(agent.logits(state)))
+    original = copy.deepcopy(s.model.state_dict()) if s.cfg.joint.rerank_steps else None
+    if s.cfg.joint.action == "allocation":
+        trained, train_s, learned = train_allocation(s, env, begin)
+    else:
+        trained, train_s = train_jointly(s, env, agent, state)
+        learned = env.project(agent.logits(state))
+    if original is not None:
+        choice = rerank(s, env, start_mask, learned, original)
+        # the episodes' weights are gone: their SGD steps were search cost, not fine-tuning
+        trained, train_s = 0, 0.0
+    else:
+        choice = choose(s, env, start_mask, learned)
     agent_s = time.perf_counter() - t0 - train_s  # the search's own time, SGD steps apart
     kept = env.apply(choice.mask)
     t1 = time.perf_counter()
@@ -140,6 +159,62 @@ def choose(s: Session, env: JointEnv, start: torch.Tensor, learned: torch.Tensor
         a.accs[0], b.accs[0], len(images[1]), "learnt" if won else "start",
     )  # fmt: skip
     return Choice(learned, "joint", scored) if won else Choice(start, "prior", scored)
+
+
+def rerank(
+    s: Session,
+    env: JointEnv,
+    start: torch.Tensor,
+    learned: torch.Tensor,
+    original: dict[str, torch.Tensor],
+) -> Choice:
+    """Choose between the learnt and the start mask after the same short recovery of each from
+    the ``original`` weights (``joint.rerank_steps`` masked SGD steps, cosine learning rate, one
+    data stream), on held-out validation images; restores the original weights. Neither mask
+    profits from weights the episodes trained under it, so the choice is between structures."""
+    scored = env.score_full(learned)
+    hits = []
+    if not torch.equal(start, learned):
+        images = held_out(s, env)
+        for mask in (learned, start):
+            s.model.load_state_dict(original)
+            recover(s, env, mask, s.cfg.joint.rerank_steps)
+            hits.append(env.correct(mask, images))
+    s.model.load_state_dict(original)
+    if not hits:
+        log.info("joint: the learnt mask is the start mask")
+        return Choice(learned, "joint", scored)
+    z = mcnemar_z(hits[0], hits[1])
+    won = z > s.cfg.joint.rerank_z
+    log.info(
+        "joint: after %d recovery steps, held-out accuracy %.2f%% learnt vs %.2f%% start "
+        "(McNemar z = %.2f, needs > %.2f): keep the %s mask", s.cfg.joint.rerank_steps,
+        100 * float(hits[0].double().mean()), 100 * float(hits[1].double().mean()), z,
+        s.cfg.joint.rerank_z, "learnt" if won else "start",
+    )  # fmt: skip
+    return Choice(learned, "joint", scored) if won else Choice(start, "prior", scored)
+
+
+def mcnemar_z(a: torch.Tensor, b: torch.Tensor) -> float:
+    """McNemar's paired statistic ``(n_ab - n_ba) / sqrt(n_ab + n_ba)`` of two classifiers'
+    per-image correctness ``[M]`` (bool), ``n_ab`` the images only ``a`` gets right; > 0 when
+    ``a`` is the better, about N(0, 1) when they are equally good (0 when they never differ)."""
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+    return 0.0 if only_a + only_b == 0 else (only_a - only_b) / math.sqrt(only_a + only_b)
+
+
+def recover(s: Session, env: JointEnv, mask: torch.Tensor, steps: int) -> None:
+    """``steps`` SGD steps of the weights under ``mask [N]`` with a cosine learning rate from
+    ``finetune_lr`` to 0, on the stream ``derive_seed(seed, RERANK_STREAM)``."""
+    cfg = s.cfg
+    opt = _sgd(s.model, cfg.finetune_lr, 0.9, cfg.weight_decay)
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, RERANK_STREAM))
+    stream = _endless(s.runtime.train, cfg.batch_size, gen, True, s.runtime.hflip)
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = cfg.finetune_lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        x, y = next(stream)
+        env.train_step(mask, x, y, opt)
 
 
 def held_out(s: Session, env: JointEnv) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,3 +310,83 @@ def train_jointly(
             }
         )
     return trained, train_s
+
+
+class Allocation:
+    """Masks from per-unit keep-ratio logits ``a [K, U]``: unit u keeps its
+    ``round(sigmoid(a_u) * C_u)`` filters of highest prior logit (at least ``min_keep``)."""
+
+    def __init__(self, env: JointEnv, prior: torch.Tensor) -> None:
+        self.env = env
+        self.order = [torch.argsort(p, descending=True) for p in env.split(prior)]
+
+    def masks(self, actions: torch.Tensor) -> torch.Tensor:
+        rows = []
+        for a in actions:
+            parts = []
+            for order, x, low in zip(self.order, a.tolist(), self.env.min_keep, strict=True):
+                c = len(order)
+                k = max(low, min(c, math.floor(c / (1 + math.exp(-x)) + 0.5)))
+                keep = torch.zeros(c)
+                keep[order[:k]] = 1.0
+                parts.append(keep)
+            rows.append(torch.cat(parts))
+        return torch.stack(rows)
+
+    def project(self, mu: torch.Tensor, iters: int = 60) -> torch.Tensor:
+        """The mask ``[N]`` of ``mu + d`` with the largest common shift ``d`` within the target."""
+        lo, hi = -30.0, 30.0
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            if float(self.env.macs(self.masks((mu + mid)[None]))[0]) > self.env.target:
+                hi = mid
+            else:
+                lo = mid
+        return self.masks((mu + lo)[None])[0]
+
+
+def train_allocation(s: Session, env: JointEnv, begin: Start) -> tuple[int, float, torch.Tensor]:
+    """The episodes of ``joint.action=allocation``: sample K allocations around the policy's
+    mean, score their masks, REINFORCE, one SGD step under a mask. Returns the SGD steps, their
+    seconds and the learnt mean's mask projected on the target ``[N]``."""
+    cfg = s.cfg
+    assert begin.prior is not None and begin.ratios is not None
+    alloc = Allocation(env, begin.prior)
+    ratios = torch.tensor(
+        [min(max(r, 0.5 / c), 1 - 0.5 / c) for r, c in zip(begin.ratios, env.sizes, strict=True)],
+        dtype=torch.float64,
+    )
+    agent = AllocationAgent(torch.logit(ratios), cfg.joint.sigma, cfg.joint.lr)
+    opt = _sgd(s.model, cfg.finetune_lr, 0.9, cfg.weight_decay)
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, JOINT_STREAM))
+    stream = _endless(s.runtime.train, cfg.batch_size, gen, True, s.runtime.hflip)
+    trained, train_s = 0, 0.0
+    for step in range(cfg.joint.steps):
+        actions = agent.sample(cfg.joint.samples, gen)
+        masks = alloc.masks(actions)
+        batch = env.score(masks)
+        pg = agent.update(actions, batch.rewards)
+        if cfg.joint.train_weights:
+            t0 = time.perf_counter()
+            x, y = next(stream)
+            mode = alloc.masks(agent.mu.detach()[None])[0]
+            env.train_step(masks[0] if cfg.joint.train_mask == "sample" else mode, x, y, opt)
+            trained, train_s = trained + 1, train_s + time.perf_counter() - t0
+        s.runtime.log_metrics(
+            {
+                "unit": JOINT_UNIT,
+                "update": step,
+                "rollout/reward_mean": float(batch.rewards.mean()),
+                "rollout/reward_max": float(batch.rewards.max()),
+                "rollout/acc_mean": float(batch.accs.mean()),
+                "rollout/macs_ratio": float(batch.macs.mean()) / s.baseline.macs,
+                "train/pg_loss": pg,
+            }
+        )
+    start = torch.sigmoid(torch.logit(ratios))
+    log.info(
+        "joint allocation: keep ratios %s -> %s",
+        [round(float(r), 3) for r in start],
+        [round(float(r), 3) for r in torch.sigmoid(agent.mu.detach())],
+    )
+    return trained, train_s, alloc.project(agent.mu.detach())

@@ -1,0 +1,134 @@
+"""The joint strategy's allocation policy and its fair final choice (known answers)."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from rlprune.agent.allocation import AllocationAgent
+from rlprune.config import JointConfig
+from rlprune.errors import ConfigError
+from rlprune.pruning import count_macs_params
+from tests.test_joint import _joint_cfg, _RandomTwoConv
+from tests.toy import toy_split
+
+
+def test_gaussian_reinforce_finds_a_known_optimum() -> None:
+    # reward -|a - a*|^2: the mean must walk from 0 to a* (REINFORCE on the Gaussian policy).
+    best = torch.tensor([1.0, -0.5, 0.25], dtype=torch.float64)
+    agent = AllocationAgent(torch.zeros(3), sigma=0.3, lr=0.05)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(400):
+        a = agent.sample(8, gen)
+        agent.update(a, -((a - best) ** 2).sum(1))
+    assert torch.allclose(agent.mu.detach(), best, atol=0.15)
+    state = agent.state_dict()
+    other = AllocationAgent(torch.zeros(3), sigma=0.3, lr=0.05)
+    other.load_state_dict(state)
+    assert torch.equal(other.mu.detach(), agent.mu.detach())
+
+
+def _env(target: float = 0.55):  # type: ignore[no-untyped-def]
+    from rlprune.env import JointEnv
+    from rlprune.search.joint import start_point
+
+    cfg = _joint_cfg(lr=0.05)
+    cfg = dataclasses.replace(
+        cfg,
+        reward=dataclasses.replace(cfg.reward, target_macs=target),
+        joint=dataclasses.replace(cfg.joint, init="global-magnitude"),
+    )
+    model, data = _RandomTwoConv(), toy_split(64, 0)
+    x = data.images[:1]
+    base = count_macs_params(model, x)[0]
+    env = JointEnv(model, (data.images, data.labels), (data.images, data.labels), x, cfg, base)
+    return env, start_point(SimpleNamespace(model=model, example=x, cfg=cfg), env)  # type: ignore[arg-type]
+
+
+def test_allocation_masks_start_on_the_heuristic_mask_and_project_onto_the_target() -> None:
+    from rlprune.search.joint import Allocation
+
+    env, start = _env()
+    assert start.prior is not None and start.ratios is not None and start.mask is not None
+    alloc = Allocation(env, start.prior)
+    mu = torch.logit(torch.tensor(start.ratios, dtype=torch.float64))
+    assert torch.equal(alloc.masks(mu[None])[0], start.mask)
+    # counts are round(sigmoid(a) * C), at least min_keep, filters by the prior's ranking
+    masks = alloc.masks(torch.tensor([[0.0, -30.0], [30.0, 0.0]], dtype=torch.float64))
+    assert env.counts(masks).tolist() == [[8.0, 1.0], [16.0, 8.0]]
+    order = torch.argsort(env.split(start.prior)[0], descending=True)
+    assert torch.equal(masks[0, :16].nonzero().flatten().sort().values, order[:8].sort().values)
+    projected = alloc.project(torch.zeros(2, dtype=torch.float64))
+    assert float(env.macs(projected[None])[0]) <= env.target
+    counts = env.counts(projected[None])[0]
+    assert counts[0] == counts[1]  # a common shift of equal means keeps equal counts
+    env.close()
+
+
+def test_allocation_needs_the_heuristic_start() -> None:
+    with pytest.raises(ConfigError, match="joint.action"):
+        JointConfig(action="allocation", init="uniform")
+
+
+def _session(env: object, steps: int) -> SimpleNamespace:
+    cfg = dataclasses.replace(
+        env.cfg,  # type: ignore[attr-defined]
+        finetune_lr=0.05, batch_size=32,
+        joint=dataclasses.replace(env.cfg.joint, rerank_steps=steps),  # type: ignore[attr-defined]
+    )  # fmt: skip
+    runtime = SimpleNamespace(train=toy_split(256, 0), hflip=False)
+    return SimpleNamespace(cfg=cfg, val=toy_split(400, 1), runtime=runtime, model=env.model)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("learnt_is_right", [True, False])
+def test_rerank_keeps_the_mask_better_after_recovery_and_restores_the_weights(
+    learnt_is_right: bool,
+) -> None:
+    from rlprune.search.joint import rerank
+    from tests.test_joint import _decoy_env
+
+    env, _ = _decoy_env(_joint_cfg(lr=0.05), n=400)
+    session = _session(env, steps=3)
+    model = env.model  # type: ignore[attr-defined]
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():  # the episodes' weights: ruined, so only the restore can give them back
+        model.conv.weight.mul_(-1.0)
+    right, wrong = torch.tensor([1.0] * 4 + [0.0] * 4), torch.tensor([0.0] * 4 + [1.0] * 4)
+    start, learnt = (wrong, right) if learnt_is_right else (right, wrong)
+    got = rerank(session, env, start, learnt, original)  # type: ignore[arg-type]
+    assert torch.equal(got.mask, right)
+    assert got.chosen == ("joint" if learnt_is_right else "prior")
+    assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())
+    env.close()  # type: ignore[attr-defined]
+
+
+def test_joint_allocation_with_rerank_runs_and_hits_the_target(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from rlprune.search import prune
+    from tests.test_search_pin import TwoUnitToy
+
+    cfg = _joint_cfg(lr=0.05, steps=6)
+    joint = dataclasses.replace(
+        cfg.joint, init="global-magnitude", action="allocation", rerank_steps=2,
+        train_weights=True, train_mask="sample",
+    )  # fmt: skip
+    reward = dataclasses.replace(cfg.reward, target_macs=0.6)
+    cfg = dataclasses.replace(cfg, joint=joint, reward=reward, finetune_steps=4, batch_size=32)
+    res = prune(
+        TwoUnitToy(), toy_split(256, 0), toy_split(300, 1), cfg, test=toy_split(200, 2),
+        out_dir=tmp_path / "alloc",
+    )  # fmt: skip
+    assert res.pruned.macs / res.baseline.macs <= cfg.reward.target_macs * 1.02
+    assert {u.chosen for u in res.units} <= {"joint", "prior"}
+
+
+def test_mcnemar_z_by_hand() -> None:
+    from rlprune.search.joint import mcnemar_z
+
+    a = torch.tensor([True] * 10 + [False] * 2 + [True] * 5)
+    b = torch.tensor([False] * 10 + [True] * 2 + [True] * 5)
+    assert mcnemar_z(a, b) == pytest.approx((10 - 2) / 12**0.5)
+    assert mcnemar_z(b, a) == pytest.approx(-(10 - 2) / 12**0.5)
+    assert mcnemar_z(a, a) == 0.0
