@@ -18,6 +18,7 @@ runs/latency_aware/ resume too). ``collect`` writes docs/LATENCY.md from the cel
     .venv/bin/python bench/latency_aware.py run --model vgg-small --seed 0 [--threads 1]
     .venv/bin/python bench/latency_aware.py collect
     .venv/bin/python bench/latency_aware.py rounding --model vgg-small [--threads 1]
+    .venv/bin/python bench/latency_aware.py remeasure --model vgg-small --seed 0 [--threads 1]
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ RUNS = ROOT / "runs" / "latency_aware"
 DATA = "/usr/share/datasets/fashion-mnist"
 SETTINGS = {"finetune_steps": 50, "final_finetune_epochs": 0.5}  # bench/results.yaml
 BATCHES = (1, 64)
+TOLERANCE = 0.03  # equal measured latency: the latency-aware model within 3% of the MACs-aware
 
 
 def _lut(model: nn.Module, example: torch.Tensor, name: str, threads: int) -> Path:
@@ -107,15 +109,66 @@ def run(args: argparse.Namespace) -> None:
     model, counts, acc = _search(name, seed, "macs", macs_reward, args)
     row["macs_aware"] = {"test_acc": acc, "kept": counts,
                          **_measure(model, lut, counts, example, t, args.runs)}  # fmt: skip
-    ratio = row["macs_aware"]["b64_measured_ms"] / row["baseline"]["b64_measured_ms"]
-    row["target_latency"] = ratio
-    lat_reward = RewardConfig(mode="budget", efficiency="latency", target_latency=ratio,
-                              latency_table=str(lut_path), latency_batch=64)  # fmt: skip
-    model, counts, acc = _search(name, seed, "latency", lat_reward, args)
-    row["latency_aware"] = {"test_acc": acc, "kept": counts,
-                            **_measure(model, lut, counts, example, t, args.runs)}  # fmt: skip
+    # The target: the MACs-aware model's latency in the table's own terms (predicted / baseline
+    # predicted), so a bias the table shares for both models cancels. If the latency-aware
+    # model still lands more than TOLERANCE off the MACs-aware one's measured batch-64 latency,
+    # one more search at the target scaled by that miss (its cell says "attempts": 2).
+    ratio = row["macs_aware"]["b64_predicted_ms"] / row["baseline"]["b64_predicted_ms"]
+    goal = row["macs_aware"]["b64_measured_ms"]
+    for attempt in (1, 2):
+        row["target_latency"], row["attempts"] = ratio, attempt
+        lat_reward = RewardConfig(mode="budget", efficiency="latency", target_latency=ratio,
+                                  latency_table=str(lut_path), latency_batch=64)  # fmt: skip
+        kind = "latency" if attempt == 1 else "latency2"
+        model, counts, acc = _search(name, seed, kind, lat_reward, args)
+        row["latency_aware"] = {"test_acc": acc, "kept": counts,
+                                **_measure(model, lut, counts, example, t, args.runs)}  # fmt: skip
+        miss = row["latency_aware"]["b64_measured_ms"] / goal
+        if abs(miss - 1) <= TOLERANCE:
+            break
+        ratio = min(0.99, ratio / miss)
+    kinds = ("macs", "latency" if row["attempts"] == 1 else "latency2")
+    _side_by_side(row, base, kinds, lut, example, args)
     cell.write_text(json.dumps(row, indent=1))
     print(json.dumps({k: row[k] for k in ("model", "seed", "target_latency")}), "->", cell)
+
+
+def _side_by_side(row: dict[str, Any], base: nn.Module, kinds: tuple[str, str], lut: LatencyLUT,
+                  example: torch.Tensor, args: argparse.Namespace, rounds: int = 6) -> None:  # fmt: skip
+    """Measure the baseline and both pruned models again, interleaved: ``rounds`` rounds of
+    ``args.runs`` timed passes each, the median of the rounds' medians. This VM's speed drifts
+    by 10-15% over minutes, so only numbers measured side by side are compared; the
+    measurements taken right after each search (which steered the corrected rerun) are kept
+    under ``search_measured``."""
+    models = {"baseline": base}
+    for key, kind in zip(("macs_aware", "latency_aware"), kinds, strict=True):
+        models[key] = load_model(RUNS / row["model"] / f"{kind}_s{row['seed']}" / "model.pt")[0]
+    times: dict[tuple[str, int], list[float]] = {}
+    for _ in range(rounds):
+        for key, net in models.items():
+            set_layout(net, True).eval()
+            for b in BATCHES:
+                ms = measure_runtime(net, example, b, args.threads, "torch", args.runs)
+                times.setdefault((key, b), []).append(ms)
+    for key in models:
+        m = row[key]
+        m["search_measured"] = {b: m.get(f"b{b}_measured_ms") for b in BATCHES}
+        for b in BATCHES:
+            m[f"b{b}_measured_ms"] = statistics.median(times[key, b])
+    row["measured"] = f"side by side, median of {rounds} rounds x {args.runs} passes"
+
+
+def remeasure(args: argparse.Namespace) -> None:
+    """Measure a finished cell's three models again, side by side."""
+    cell = CELLS / f"{args.model}_s{args.seed}.json"
+    row = json.loads(cell.read_text())
+    base, spec, _ = load_model(BASE / f"{args.model}.pt")
+    assert spec is not None
+    lut = LatencyLUT.load(CELLS / f"{args.model}_lut.json")
+    kinds = ("macs", "latency" if row.get("attempts", 1) == 1 else "latency2")
+    _side_by_side(row, base, kinds, lut, spec.example_input(), args)
+    cell.write_text(json.dumps(row, indent=1))
+    print(f"{cell}: measured again side by side")
 
 
 def _fmt_row(r: dict[str, Any], key: str, base: dict[str, Any]) -> str:
@@ -146,8 +199,8 @@ def collect(args: argparse.Namespace) -> None:
     if rows:
         r0 = rows[0]
         lines += ["", f"CPU: {r0['cpu']}; {r0['threads']} thread(s); torch {r0['torch']}; "
-                  f"MAC target {r0['target_macs']}; latency target = the MACs-aware model's "
-                  "measured batch-64 latency ratio.",
+                  f"MAC target {r0['target_macs']}; latency target = the MACs-aware model's predicted "
+                  "batch-64 latency ratio (one corrected rerun when the measured latency misses it by > 3%).",
                   "Command: `.venv/bin/python bench/latency_aware.py run --model M --seed S "
                   f"--threads {r0['threads']}` for each model and seed, then `collect`."]  # fmt: skip
     md = (
@@ -190,7 +243,7 @@ def rounding(args: argparse.Namespace) -> None:
 def main() -> None:
     global CELLS, RUNS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("action", choices=["run", "collect", "rounding"])
+    p.add_argument("action", choices=["run", "collect", "rounding", "remeasure"])
     p.add_argument("--model", default="vgg-small", choices=["vgg-small", "resnet20"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="threads of every timing")
@@ -204,7 +257,8 @@ def main() -> None:
         CELLS, RUNS = Path(args.cells), Path(args.cells) / "runs"
     if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
         print("warning: the machine is busy; latencies will be noisy")
-    {"run": run, "collect": collect, "rounding": rounding}[args.action](args)
+    actions = {"run": run, "collect": collect, "rounding": rounding, "remeasure": remeasure}
+    actions[args.action](args)
 
 
 if __name__ == "__main__":
