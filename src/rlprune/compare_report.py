@@ -3,7 +3,6 @@ the ``compare.md`` table and ``pareto.png`` (matplotlib is imported only to plot
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import shlex
@@ -18,6 +17,7 @@ import yaml
 
 from rlprune.baselines import TOLERANCE
 from rlprune.config import PruneConfig, config_to_dict
+from rlprune.machine import cpu_summary
 
 if TYPE_CHECKING:
     from rlprune.compare import CompareConfig
@@ -45,24 +45,6 @@ def summarize(rows: list[dict[str, Any]], target: float) -> dict[str, Any]:
         "macs_within_tolerance": all(r["macs_within_tolerance"] for r in rows),
         "seeds": rows,
     }
-
-
-_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")  # what sets CPU kernel speed
-
-
-def cpu_summary() -> str:
-    """The CPU's model name and the vector-extension flags that decide its kernels' speed, e.g.
-    ``AMD EPYC (avx2 avx512f avx512_bf16)``: CPUs differ 3x in speed between machines here."""
-    model, flags = platform.processor() or platform.machine(), set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    return f"{model} ({' '.join(f for f in _CPU_FLAGS if f in flags) or 'no AVX2'})"
 
 
 def machine_info() -> dict[str, Any]:
