@@ -52,6 +52,7 @@ RUNS = ROOT / "runs" / "latency_aware"
 DATA = "/usr/share/datasets/fashion-mnist"
 SETTINGS = {"finetune_steps": 50, "final_finetune_epochs": 0.5}  # bench/results.yaml
 BATCHES = (1, 64)
+ANALYSIS = "<!-- analysis (kept by collect) -->"
 TOLERANCE = 0.03  # equal measured latency: the latency-aware model within 3% of the MACs-aware
 
 
@@ -240,7 +241,9 @@ def collect(args: argparse.Namespace) -> None:
         if CELLS == ROOT / "docs/results/latency"
         else CELLS / "LATENCY.md"
     )
-    md.write_text("\n".join(lines) + "\n")
+    # hand-written findings below the marker survive a new collect
+    kept = md.read_text().partition(ANALYSIS)[2] if md.exists() else ""
+    md.write_text("\n".join(lines) + "\n\n" + ANALYSIS + kept)
     print("\n".join(lines))
 
 
