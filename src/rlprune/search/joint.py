@@ -203,13 +203,22 @@ def mcnemar_z(a: torch.Tensor, b: torch.Tensor) -> float:
     return 0.0 if only_a + only_b == 0 else (only_a - only_b) / math.sqrt(only_a + only_b)
 
 
+def _sgd_stream(
+    s: Session, tag: int
+) -> tuple[torch.optim.SGD, torch.Generator, Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    """The weights' optimiser and a training stream on ``derive_seed(seed, tag)``; the
+    generator is returned too (the episodes sample their masks from it)."""
+    cfg = s.cfg
+    opt = _sgd(s.model, cfg.finetune_lr, 0.9, cfg.weight_decay)
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, tag))
+    return opt, gen, _endless(s.runtime.train, cfg.batch_size, gen, True, s.runtime.hflip)
+
+
 def recover(s: Session, env: JointEnv, mask: torch.Tensor, steps: int) -> None:
     """``steps`` SGD steps of the weights under ``mask [N]`` with a cosine learning rate from
     ``finetune_lr`` to 0, on the stream ``derive_seed(seed, RERANK_STREAM)``."""
     cfg = s.cfg
-    opt = _sgd(s.model, cfg.finetune_lr, 0.9, cfg.weight_decay)
-    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, RERANK_STREAM))
-    stream = _endless(s.runtime.train, cfg.batch_size, gen, True, s.runtime.hflip)
+    opt, _, stream = _sgd_stream(s, RERANK_STREAM)
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = cfg.finetune_lr * 0.5 * (1 + math.cos(math.pi * step / steps))
@@ -277,11 +286,7 @@ def train_jointly(
     (fine-tuning time, not search time)."""
     cfg = s.cfg
     k = cfg.joint.samples
-    opt = _sgd(s.model, cfg.finetune_lr, 0.9, cfg.weight_decay)
-    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, JOINT_STREAM))
-    stream: Iterator[tuple[torch.Tensor, torch.Tensor]] = _endless(
-        s.runtime.train, cfg.batch_size, gen, True, s.runtime.hflip
-    )
+    opt, gen, stream = _sgd_stream(s, JOINT_STREAM)
     trained, train_s = 0, 0.0
     for step in range(cfg.joint.steps):
         probs = torch.sigmoid(agent.logits(state))
@@ -357,9 +362,7 @@ def train_allocation(s: Session, env: JointEnv, begin: Start) -> tuple[int, floa
         dtype=torch.float64,
     )
     agent = AllocationAgent(torch.logit(ratios), cfg.joint.sigma, cfg.joint.lr)
-    opt = _sgd(s.model, cfg.finetune_lr, 0.9, cfg.weight_decay)
-    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, JOINT_STREAM))
-    stream = _endless(s.runtime.train, cfg.batch_size, gen, True, s.runtime.hflip)
+    opt, gen, stream = _sgd_stream(s, JOINT_STREAM)
     trained, train_s = 0, 0.0
     for step in range(cfg.joint.steps):
         actions = agent.sample(cfg.joint.samples, gen)
@@ -369,8 +372,10 @@ def train_allocation(s: Session, env: JointEnv, begin: Start) -> tuple[int, floa
         if cfg.joint.train_weights:
             t0 = time.perf_counter()
             x, y = next(stream)
-            mode = alloc.masks(agent.mu.detach()[None])[0]
-            env.train_step(masks[0] if cfg.joint.train_mask == "sample" else mode, x, y, opt)
+            on = masks[0]  # "sample"; "mode": the policy mean's allocation
+            if cfg.joint.train_mask == "mode":
+                on = alloc.masks(agent.mu.detach()[None])[0]
+            env.train_step(on, x, y, opt)
             trained, train_s = trained + 1, train_s + time.perf_counter() - t0
         s.runtime.log_metrics(
             {
@@ -383,10 +388,9 @@ def train_allocation(s: Session, env: JointEnv, begin: Start) -> tuple[int, floa
                 "train/pg_loss": pg,
             }
         )
-    start = torch.sigmoid(torch.logit(ratios))
     log.info(
         "joint allocation: keep ratios %s -> %s",
-        [round(float(r), 3) for r in start],
+        [round(float(r), 3) for r in ratios],
         [round(float(r), 3) for r in torch.sigmoid(agent.mu.detach())],
     )
     return trained, train_s, alloc.project(agent.mu.detach())
