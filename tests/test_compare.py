@@ -126,6 +126,7 @@ def test_each_cell_is_saved_with_its_config(full_run: CompareResult) -> None:
         cell = json.loads((full_run.out / "cells" / method / "t0.5_s0.json").read_text())
         assert (cell["method"], cell["target"], cell["seed"]) == (method, 0.5, 0)
         assert cell["row"] == full_run.summary(method, 0.5)["seeds"][0]
+        assert cell["row"]["device"] == "cpu"  # where it fine-tuned (not in the fingerprint)
         fp = cell["fingerprint"]
         assert (
             fp["dataset"] == "digits" and fp["finetune_steps"] == full_run.report["finetune_steps"]

@@ -69,6 +69,7 @@ from rlprune.config import PruneConfig, _check, config_to_dict
 from rlprune.data import DATASETS, DatasetSplits, load_dataset
 from rlprune.distributed import resolve_device
 from rlprune.errors import DataError, RlpruneError
+from rlprune.machine import device_summary
 from rlprune.models import ModelSpec, set_layout
 from rlprune.pruning import count_macs_params, find_units, measure_latency
 from rlprune.train import evaluate
@@ -305,6 +306,7 @@ def _run_cell(method: str, ctx: CellContext, setup: _Setup) -> dict[str, Any]:
         kept=res.kept,
         rollouts=res.rollouts,
         cpu=cpu_summary(),  # cells of one table may come from different machines
+        device=device_summary(setup.device),  # and fine-tune on a CPU (fp32) or a GPU (bf16)
     )
     msg = "%s, target %g, seed %d: test acc %.2f%%, MACs %.3f"
     log.info(msg, method, target, ctx.seed, row["test_acc"], ratio)

@@ -1,4 +1,5 @@
-"""Which machine a number was measured on: CPUs differ 3x in speed between machines here."""
+"""Which machine a number was measured on: CPUs differ 3x in speed between machines here, and a
+cell fine-tuned on a GPU (bf16 autocast) is not one fine-tuned on a CPU (fp32)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import contextlib
 import platform
 from pathlib import Path
 
-__all__ = ["CPU_FLAGS", "cpu_summary"]
+import torch
+
+__all__ = ["CPU_FLAGS", "cpu_summary", "device_summary"]
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")  # what sets CPU kernel speed
 
@@ -24,3 +27,12 @@ def cpu_summary(flags: tuple[str, ...] = CPU_FLAGS) -> str:
                 have = set(value.split())
                 break
     return f"{model} ({' '.join(f for f in flags if f in have) or 'no AVX2'})"
+
+
+def device_summary(device: torch.device | str) -> str:
+    """Where a run's tensors live: ``cpu``, or an accelerator's type and name, e.g.
+    ``cuda: NVIDIA H200``."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(dev)}"
+    return dev.type
