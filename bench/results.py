@@ -2,11 +2,14 @@
 
     python bench/results.py train                      # baselines (committed once trained)
     python bench/results.py run [--model M] [--seed S] # fill cells; resumable, split as you like
+    python bench/results.py run --model M --seed S --target T --device cuda --runs DIR
+                                                       # one piece (parallel processes: own DIR)
     python bench/results.py collect                    # summary.json + tables from the cells
 
 Each (model, target, seed, method) cell is one ``rlprune compare`` result, written as soon as
 it is measured and copied to ``docs/results/cells/`` so that it can be committed and a later
-session (or machine) goes on where this one stopped. Cells record the CPU they ran on.
+session (or machine) goes on where this one stopped. Cells record the CPU and the device (cpu,
+or e.g. ``cuda: NVIDIA H200``) they ran on; cells older than the device entry ran on the CPU.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import shutil
 import statistics
 import sys
@@ -65,24 +69,39 @@ def cmd_train(cfg: dict[str, Any], models: list[str]) -> None:
         print(f"{name}: test acc {acc:.2f}% after {tc.epochs:g} epochs -> {path}")
 
 
-def _sync(src: Path, dst: Path) -> None:
-    """Copy every cell file under ``src`` that ``dst`` lacks or holds older."""
-    for f in src.rglob("*.json"):
+def _sync(src: Path, dst: Path, pattern: str = "*.json") -> None:
+    """Copy every cell file under ``src`` (matching ``pattern``) that ``dst`` lacks or holds
+    otherwise; each copy lands whole (a temporary file renamed), so processes that share
+    ``dst`` never read half a cell."""
+    for f in src.rglob(pattern):
         target = dst / f.relative_to(src)
         if not target.exists() or target.read_bytes() != f.read_bytes():
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(f, target)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            shutil.copy2(f, tmp)
+            os.replace(tmp, target)
 
 
-def cmd_run(cfg: dict[str, Any], models: list[str], seeds: list[int]) -> None:
+def cmd_run(
+    cfg: dict[str, Any],
+    models: list[str],
+    seeds: list[int],
+    targets: list[float] | None = None,
+    device: str = "cpu",
+    runs: Path = RUNS,
+) -> None:
+    """Fill the cells of ``models`` x ``seeds`` x ``targets`` (default: results.yaml's), one
+    ``compare`` per (seed, target), working in ``runs/<model>`` on ``device``. Each pair's cells
+    are copied to docs/ as soon as it finishes (only its own: processes with their own ``runs``
+    folder can fill one docs/ at once)."""
     for name in models:
-        out = RUNS / name
+        out = runs / name
         committed = DOCS / "cells" / name
         if committed.exists():
             _sync(committed, out / "cells")  # go on where the last session stopped
         for seed in seeds:
             prune = load_config(PruneConfig, None, [*cfg.get("set", []), f"seed={seed}"])
-            for target in cfg["targets"]:  # one target at a time: its cells land in docs/ soon
+            for target in targets or cfg["targets"]:  # one at a time: its cells land in docs/ soon
                 cc = CompareConfig(
                     checkpoint=baseline_path(name),
                     dataset=cfg["dataset"],
@@ -91,10 +110,11 @@ def cmd_run(cfg: dict[str, Any], models: list[str], seeds: list[int]) -> None:
                     seeds=1,
                     methods=tuple(cfg["methods"]),
                     prune=prune,
+                    device=device,
                     quiet=not sys.stderr.isatty(),
                 )
                 res = compare(cc)
-                _sync(out / "cells", committed)
+                _sync(out / "cells", committed, f"t{float(target):g}_s{seed}.json")
                 done = f"{res.cells_run} cells run, {res.cells_reused} reused"
                 print(f"{name} seed {seed} target {target:g}: {done}", flush=True)
 
@@ -179,11 +199,19 @@ def tables(cfg: dict[str, Any], cells: dict[str, Any]) -> str:
                     f"{statistics.fmean(r['finetune_s'] for r in rows):.0f}"
                 )
             lines.append(f"| {method} | " + " | ".join(row) + " |")
-        cpus = sorted(
-            {r.get("cpu", "?") for rows in per_target.values() for rs in rows.values() for r in rs}
-        )
-        lines += ["", "CPUs: " + "; ".join(cpus), ""]
+        rows = [r for per in per_target.values() for rs in per.values() for r in rs]
+        cpus = sorted({r.get("cpu", "?") for r in rows})
+        lines += ["", f"CPUs: {'; '.join(cpus)}. Devices: {'; '.join(_devices(rows))}", ""]
     return "\n".join(lines)
+
+
+def _devices(rows: list[dict[str, Any]]) -> list[str]:
+    """The devices ``rows`` ran on, each with its count of cells (a cell without the entry
+    predates it and ran on the CPU)."""
+    seen: dict[str, int] = {}
+    for r in rows:
+        seen[r.get("device", "cpu")] = seen.get(r.get("device", "cpu"), 0) + 1
+    return [f"{d} ({n} cell{'s' * (n != 1)})" for d, n in sorted(seen.items())]
 
 
 def cmd_collect(cfg: dict[str, Any]) -> None:
@@ -212,6 +240,10 @@ def cmd_collect(cfg: dict[str, Any]) -> None:
                 for r in rows
             }
         ),
+        "devices": {
+            m: _devices([r for per in pt.values() for rows in per.values() for r in rows])
+            for m, pt in cells.items()
+        },
         "commands": [
             f"python bench/results.py run --model {m} --seed {s}"
             for m in cfg["models"]
@@ -242,6 +274,14 @@ def _splice(path: Path, text: str) -> None:
     path.write_text(f"{head}{START}\n{text}\n{END}{tail}")
 
 
+def _floats(text: str) -> list[float]:
+    """``"0.5,0.3"`` -> ``[0.5, 0.3]`` (an argparse type)."""
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of numbers: {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     cfg = _config()
     p = argparse.ArgumentParser(
@@ -250,14 +290,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("step", choices=("train", "run", "collect", "all"))
     p.add_argument("--model", action="append", help="model(s) of results.yaml (default: all)")
     p.add_argument("--seed", action="append", type=int, help="seed(s) (default: all)")
+    p.add_argument(
+        "--target",
+        action="append",
+        type=_floats,
+        help="MAC target(s) of results.yaml, e.g. 0.5 or 0.5,0.3 (default: all)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
+    p.add_argument("--runs", type=Path, default=RUNS, help=f"working folder (default: {RUNS})")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     models = args.model or list(cfg["models"])
     seeds = args.seed or list(cfg["seeds"])
+    targets = [t for ts in args.target or [] for t in ts]
+    unknown = [t for t in targets if t not in [float(x) for x in cfg["targets"]]]
+    if unknown:
+        p.error(f"--target {unknown[0]:g} is not a target of {CONFIG.name}: {cfg['targets']}")
     if args.step in ("train", "all"):
         cmd_train(cfg, models)
     if args.step in ("run", "all"):
-        cmd_run(cfg, models, seeds)
+        cmd_run(cfg, models, seeds, targets or None, args.device, args.runs)
     if args.step in ("collect", "all"):
         cmd_collect(cfg)
 

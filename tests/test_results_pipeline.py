@@ -24,14 +24,17 @@ def results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return mod
 
 
-def _cell(docs: Path, model: str, method: str, target: float, seed: int, acc: float) -> None:
-    row = {
+def _cell(
+    docs: Path, model: str, method: str, target: float, seed: int, acc: float, **extra: Any
+) -> None:
+    row: dict[str, Any] = {
         "test_acc": acc,
         "seed": seed,
         "search_s": 10.0 * (seed + 1),
         "finetune_s": 5.0,
         "macs_within_tolerance": method != "late",
         "cpu": "Test CPU (avx2)",
+        **extra,  # a cell older than the "device" entry ran on the CPU
     }
     path = docs / "cells" / model / method / f"t{target:g}_s{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,7 +53,7 @@ def test_collect_reports_every_seed_and_the_standard_error(
     docs = tmp_path / "results"
     for seed, acc in enumerate([90.0, 91.0, 92.0]):
         _cell(docs, "m", "rl", 0.5, seed, acc)
-    _cell(docs, "m", "late", 0.5, 0, 93.0)  # one seed so far, off its MAC target
+    _cell(docs, "m", "late", 0.5, 0, 93.0, device="cuda: Test GPU")  # one seed, off target
     _cell(docs, "m", "rl", 0.5, 7, 50.0)  # a seed results.yaml does not name: ignored
     doc = tmp_path / "RESULTS.md"
     doc.write_text(f"# R\n{results.START}\nold\n{results.END}\nanalysis\n")
@@ -62,9 +65,11 @@ def test_collect_reports_every_seed_and_the_standard_error(
     assert summary["results"] == {"m": {"0.5": {"rl": [90.0, 91.0, 92.0], "late": [93.0]}}}
     assert summary["seeds"]["m"]["0.5"]["rl"] == [0, 1, 2]
     assert summary["machine"] == ["Test CPU (avx2)"]
+    assert summary["devices"] == {"m": ["cpu (3 cells)", "cuda: Test GPU (1 cell)"]}
     assert "python bench/results.py run --model m --seed 2" in summary["commands"]
     table = (docs / "tables.md").read_text()
     se = 1.0 / math.sqrt(3)  # stdev of 90, 91, 92 is 1
     assert f"| rl | 91.00 ± {se:.2f} (n=3) | — |" in table
     assert "| late | **93.00 (n=1)** † | — |" in table
     assert "| rl | 20 / 5 | — |" in table  # mean search / fine-tune seconds
+    assert "CPUs: Test CPU (avx2). Devices: cpu (3 cells); cuda: Test GPU (1 cell)" in table
