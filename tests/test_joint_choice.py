@@ -12,6 +12,7 @@ from rlprune.agent.allocation import AllocationAgent
 from rlprune.config import JointConfig
 from rlprune.errors import ConfigError
 from rlprune.pruning import count_macs_params
+from rlprune.train import fine_tune
 from tests.test_joint import _joint_cfg, _RandomTwoConv
 from tests.toy import toy_split
 
@@ -79,7 +80,13 @@ def _session(env: object, steps: int) -> SimpleNamespace:
         finetune_lr=0.05, batch_size=32,
         joint=dataclasses.replace(env.cfg.joint, rerank_steps=steps),  # type: ignore[attr-defined]
     )  # fmt: skip
-    runtime = SimpleNamespace(train=toy_split(256, 0), hflip=False)
+    train = toy_split(256, 0)
+
+    def tune(model: torch.nn.Module, seed: int, n: int, desc: str) -> dict[str, float]:
+        gen = torch.Generator().manual_seed(seed)  # what SearchRuntime.tune does in one process
+        return fine_tune(model, train, n, cfg.finetune_lr, batch_size=32, generator=gen)
+
+    runtime = SimpleNamespace(train=train, hflip=False, tune=tune)
     return SimpleNamespace(cfg=cfg, val=toy_split(400, 1), runtime=runtime, model=env.model)  # type: ignore[attr-defined]
 
 

@@ -10,8 +10,10 @@ not before), and finally cuts the chosen masks physically.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +27,7 @@ from rlprune.pruning import Unit, UnitMacs, UnitMask, find_units, remove_channel
 from rlprune.pruning.latency import round_count
 from rlprune.reward import budget_reward
 
-__all__ = ["JointBatch", "JointEnv"]
+__all__ = ["Allocation", "JointBatch", "JointEnv", "largest_shift"]
 
 log = logging.getLogger(__name__)
 
@@ -249,30 +251,33 @@ class JointEnv:
                 out.append(keep)
             return torch.cat(out)
 
-        lo, hi = -30.0, 30.0
-        if float(self.macs(at(lo)[None])[0]) > self.target:
+        lowest = at(-30.0)
+        if float(self.macs(lowest[None])[0]) > self.target:
             log.warning("MAC target %.3g unreachable with min_keep", self.target)
-            return at(lo)
-        for _ in range(iters):
-            mid = (lo + hi) / 2
-            if float(self.macs(at(mid)[None])[0]) > self.target:
-                hi = mid
-            else:
-                lo = mid
-        return at(lo)
+            return lowest
+        return at(
+            largest_shift(lambda d: float(self.macs(at(d)[None])[0]) <= self.target, iters=iters)
+        )
 
     def apply(self, mask: torch.Tensor) -> dict[str, list[int]]:
         """Remove the hooks and cut every unit physically where ``mask [N]`` is 0; returns the
         kept indices per unit."""
         self.close()
-        kept: dict[str, list[int]] = {}
-        for unit, part in zip(self.units, self.split(mask), strict=True):
-            now = {u.name: u for u in find_units(self.model, self.example, self.cfg.exclude)}
-            kept[unit.name] = remove_channels(
-                self.model, now[unit.name], part, self.example, self.cfg.min_keep
-            )
-        set_layout(self.model, self.cfg.channels_last)
-        return kept
+        return _cut(self.model, self.units, self.split(mask), self.example, self.cfg)
+
+    def cut_copy(self, mask: torch.Tensor, weights: dict[str, torch.Tensor]) -> nn.Module:
+        """A physically cut copy of the model with ``weights`` (a state dict of the uncut
+        model), cut where ``mask [N]`` is 0; the live model and its hooks are left as they are.
+        Training the copy costs what the pruned network costs, not the full width's masked
+        compute."""
+        self.close()  # hooks would be copied with the model (and the environment with them)
+        try:
+            model = copy.deepcopy(self.model)
+        finally:
+            self._masks = [UnitMask(self.model, u) for u in self.units]
+        model.load_state_dict(weights)
+        _cut(model, self.units, self.split(mask), self.example, self.cfg)
+        return model
 
     def close(self) -> None:
         """Remove the mask hooks; the model is exactly as before."""
@@ -319,3 +324,61 @@ def initial_levels(
     if math.isclose(lo, 0.0):
         log.warning("MAC target %.3g is below what one channel per unit costs", env.target)
     return offsets([(lo + hi) / 2] * len(parts))
+
+
+def _cut(
+    model: nn.Module,
+    units: list[Unit],
+    parts: list[torch.Tensor],
+    example: torch.Tensor,
+    cfg: PruneConfig,
+) -> dict[str, list[int]]:
+    """Cut each unit of ``model`` where its mask ``parts[u] [C_u]`` is 0 (units found anew
+    after every cut, since cutting renumbers the neighbours); the kept indices per unit."""
+    kept: dict[str, list[int]] = {}
+    for unit, part in zip(units, parts, strict=True):
+        now = {u.name: u for u in find_units(model, example, cfg.exclude)}
+        kept[unit.name] = remove_channels(model, now[unit.name], part, example, cfg.min_keep)
+    set_layout(model, cfg.channels_last)
+    return kept
+
+
+def largest_shift(
+    fits: Callable[[float], bool], *, lo: float = -30.0, hi: float = 30.0, iters: int = 60
+) -> float:
+    """The largest ``d`` in ``[lo, hi]`` with ``fits(d)`` by bisection (``fits`` monotone:
+    true below some point, false above; ``lo`` when nothing fits)."""
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+class Allocation:
+    """Masks from per-unit keep-ratio logits ``a [K, U]``: unit u keeps its
+    ``round(sigmoid(a_u) * C_u)`` filters of highest prior logit (at least ``min_keep``)."""
+
+    def __init__(self, env: JointEnv, prior: torch.Tensor) -> None:
+        self.env = env
+        self.order = [torch.argsort(p, descending=True) for p in env.split(prior)]
+
+    def masks(self, actions: torch.Tensor) -> torch.Tensor:
+        rows = []
+        for a in actions:
+            parts = []
+            for order, x, low in zip(self.order, a.tolist(), self.env.min_keep, strict=True):
+                c = len(order)
+                k = max(low, min(c, math.floor(c / (1 + math.exp(-x)) + 0.5)))
+                keep = torch.zeros(c)
+                keep[order[:k]] = 1.0
+                parts.append(keep)
+            rows.append(torch.cat(parts))
+        return torch.stack(rows)
+
+    def project(self, mu: torch.Tensor, iters: int = 60) -> torch.Tensor:
+        """The mask ``[N]`` of ``mu + d`` with the largest common shift ``d`` within the target."""
+
+        def fits(d: float) -> bool:
+            return float(self.env.macs(self.masks((mu + d)[None]))[0]) <= self.env.target
+
+        return self.masks((mu + largest_shift(fits, iters=iters))[None])[0]

@@ -31,7 +31,7 @@ from rlprune.agent import sample_masks
 from rlprune.agent.allocation import AllocationAgent
 from rlprune.agent.joint import JointAgent
 from rlprune.baselines import prune_to_target
-from rlprune.env.joint import JointBatch, JointEnv, initial_levels
+from rlprune.env.joint import Allocation, JointBatch, JointEnv, initial_levels
 from rlprune.errors import ConfigError
 from rlprune.pruning import count_macs_params, group_magnitude
 from rlprune.rollouts import accuracy_stderr
@@ -168,22 +168,18 @@ def rerank(
     learned: torch.Tensor,
     original: dict[str, torch.Tensor],
 ) -> Choice:
-    """Choose between the learnt and the start mask after the same short recovery of each from
-    the ``original`` weights (``joint.rerank_steps`` masked SGD steps, cosine learning rate, one
-    data stream), on held-out validation images; restores the original weights. Neither mask
-    profits from weights the episodes trained under it, so the choice is between structures."""
+    """Choose between the learnt and the start mask after the same short recovery of each
+    (``joint.rerank_steps`` SGD steps, cosine learning rate, one data stream) of a copy cut
+    from the ``original`` weights, on held-out validation images; restores the original
+    weights. Neither mask profits from weights the episodes trained under it, so the choice is
+    between structures, and the recoveries cost what the pruned networks cost."""
     scored = env.score_full(learned)
-    hits = []
-    if not torch.equal(start, learned):
-        images = held_out(s, env)
-        for mask in (learned, start):
-            s.model.load_state_dict(original)
-            recover(s, env, mask, s.cfg.joint.rerank_steps)
-            hits.append(env.correct(mask, images))
     s.model.load_state_dict(original)
-    if not hits:
+    if torch.equal(start, learned):
         log.info("joint: the learnt mask is the start mask")
         return Choice(learned, "joint", scored)
+    images = held_out(s, env)
+    hits = [recovered_hits(s, env, mask, original, images) for mask in (learned, start)]
     z = mcnemar_z(hits[0], hits[1])
     won = z > s.cfg.joint.rerank_z
     log.info(
@@ -193,6 +189,28 @@ def rerank(
         s.cfg.joint.rerank_z, "learnt" if won else "start",
     )  # fmt: skip
     return Choice(learned, "joint", scored) if won else Choice(start, "prior", scored)
+
+
+def recovered_hits(
+    s: Session,
+    env: JointEnv,
+    mask: torch.Tensor,
+    original: dict[str, torch.Tensor],
+    images: tuple[torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """Which ``images`` ``[M]`` (bool) a copy of the network cut by ``mask [N]`` from the
+    ``original`` weights classifies right after ``joint.rerank_steps`` fine-tune steps on the
+    stream ``derive_seed(seed, RERANK_STREAM)``."""
+    model = env.cut_copy(mask, original)
+    seed = derive_seed(s.cfg.seed, RERANK_STREAM)
+    s.runtime.tune(model, seed, s.cfg.joint.rerank_steps, "re-rank")
+    model.eval()
+    xs, ys = images
+    bs = s.cfg.rollout.batch_size
+    with torch.no_grad():
+        return torch.cat(
+            [model(x).argmax(1) == y for x, y in zip(xs.split(bs), ys.split(bs), strict=True)]
+        )
 
 
 def mcnemar_z(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -212,18 +230,6 @@ def _sgd_stream(
     opt = _sgd(s.model, cfg.finetune_lr, 0.9, cfg.weight_decay)
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, tag))
     return opt, gen, _endless(s.runtime.train, cfg.batch_size, gen, True, s.runtime.hflip)
-
-
-def recover(s: Session, env: JointEnv, mask: torch.Tensor, steps: int) -> None:
-    """``steps`` SGD steps of the weights under ``mask [N]`` with a cosine learning rate from
-    ``finetune_lr`` to 0, on the stream ``derive_seed(seed, RERANK_STREAM)``."""
-    cfg = s.cfg
-    opt, _, stream = _sgd_stream(s, RERANK_STREAM)
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = cfg.finetune_lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-        x, y = next(stream)
-        env.train_step(mask, x, y, opt)
 
 
 def held_out(s: Session, env: JointEnv) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,39 +321,6 @@ def train_jointly(
             }
         )
     return trained, train_s
-
-
-class Allocation:
-    """Masks from per-unit keep-ratio logits ``a [K, U]``: unit u keeps its
-    ``round(sigmoid(a_u) * C_u)`` filters of highest prior logit (at least ``min_keep``)."""
-
-    def __init__(self, env: JointEnv, prior: torch.Tensor) -> None:
-        self.env = env
-        self.order = [torch.argsort(p, descending=True) for p in env.split(prior)]
-
-    def masks(self, actions: torch.Tensor) -> torch.Tensor:
-        rows = []
-        for a in actions:
-            parts = []
-            for order, x, low in zip(self.order, a.tolist(), self.env.min_keep, strict=True):
-                c = len(order)
-                k = max(low, min(c, math.floor(c / (1 + math.exp(-x)) + 0.5)))
-                keep = torch.zeros(c)
-                keep[order[:k]] = 1.0
-                parts.append(keep)
-            rows.append(torch.cat(parts))
-        return torch.stack(rows)
-
-    def project(self, mu: torch.Tensor, iters: int = 60) -> torch.Tensor:
-        """The mask ``[N]`` of ``mu + d`` with the largest common shift ``d`` within the target."""
-        lo, hi = -30.0, 30.0
-        for _ in range(iters):
-            mid = (lo + hi) / 2
-            if float(self.env.macs(self.masks((mu + mid)[None]))[0]) > self.env.target:
-                hi = mid
-            else:
-                lo = mid
-        return self.masks((mu + lo)[None])[0]
 
 
 def train_allocation(s: Session, env: JointEnv, begin: Start) -> tuple[int, float, torch.Tensor]:
