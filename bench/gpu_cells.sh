@@ -31,7 +31,7 @@ t_start=$(date +%s)
 
 # (a) packages: torch-pruning (pure Python) from the carried wheels; rlprune from src/
 if ! "$PY" -c "import torch_pruning" 2>/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site "$WHEELS"/*.whl || echo "WARNING: wheel install failed"
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
