@@ -154,7 +154,8 @@ class JointEnv:
 
     def _batch(self, drop: torch.Tensor, accs: torch.Tensor, masks: torch.Tensor) -> JointBatch:
         """Budget rewards of masks ``[K, N]`` from their drops and accuracies ``[K]``."""
-        macs = self.macs(masks)
+        macs = self.macs(masks)  # on the CPU, like the agent that reads the rewards
+        drop, accs = drop.cpu(), accs.cpu()  # scored where the model is (a GPU)
         rc = self.cfg.reward
         rewards = budget_reward(drop, macs, self.target, rc.budget_penalty, rc.budget_under)
         return JointBatch(rewards.float(), accs.float(), macs)
@@ -199,10 +200,11 @@ class JointEnv:
         eval mode. So the running statistics of masked channels are left as they were.
         """
         frozen = self._masked_bn_stats(mask)
+        dev = next(self.model.parameters()).device  # the training split stays on the CPU
         self.model.train()
         self.set_masks(mask)
         try:
-            loss = F.cross_entropy(self.model(x), y)
+            loss = F.cross_entropy(self.model(x.to(dev)), y.to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
