@@ -139,3 +139,23 @@ def test_mcnemar_z_by_hand() -> None:
     assert mcnemar_z(a, b) == pytest.approx((10 - 2) / 12**0.5)
     assert mcnemar_z(b, a) == pytest.approx(-(10 - 2) / 12**0.5)
     assert mcnemar_z(a, a) == 0.0
+
+
+def test_cut_copy_computes_what_the_masked_network_computes_and_leaves_it_masked() -> None:
+    from rlprune.env import JointEnv
+
+    model = _RandomTwoConv()
+    x = torch.randn(8, 4, 6, 6, generator=torch.Generator().manual_seed(1))
+    env = JointEnv(model, (x, torch.zeros(8, dtype=torch.long)), (x, x[:, 0, 0, 0].long()),
+                   x[:1], _joint_cfg(lr=0.05), 1)  # fmt: skip
+    mask = (torch.arange(32) % 3 != 0).float()  # every third filter of the 16 + 16: 6 and 5
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    cut = env.cut_copy(mask, weights)
+    assert [m.out_channels for m in cut.modules() if isinstance(m, torch.nn.Conv2d)] == [10, 11]
+    with torch.no_grad():
+        env.set_masks(mask)  # the live model keeps its hooks: masked, the same function
+        assert torch.allclose(cut(x), model(x), atol=1e-5)
+        env.set_masks(None)
+        assert torch.equal(model.state_dict()["0.weight"], weights["0.weight"])
+        assert model[0].out_channels == 16
+    env.close()
