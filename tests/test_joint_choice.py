@@ -159,3 +159,39 @@ def test_cut_copy_computes_what_the_masked_network_computes_and_leaves_it_masked
         assert torch.equal(model.state_dict()["0.weight"], weights["0.weight"])
         assert model[0].out_channels == 16
     env.close()
+
+
+def test_auto_strategy_is_joint_for_mac_budgets_in_one_process_only() -> None:
+    from rlprune.config import PruneConfig, RewardConfig
+
+    macs = RewardConfig(mode="budget", target_macs=0.5)
+    assert PruneConfig().search_strategy() == "layerwise"  # accuracy-bounded by default
+    assert PruneConfig(reward=macs).search_strategy() == "joint"
+    assert PruneConfig(reward=macs).search_strategy(distributed=True) == "layerwise"
+    amc = RewardConfig(mode="amc", target_macs=0.5)
+    assert PruneConfig(reward=amc).search_strategy() == "layerwise"
+    lat = RewardConfig(mode="budget", efficiency="latency", target_latency=0.5)
+    assert PruneConfig(reward=lat).search_strategy() == "layerwise"
+    assert PruneConfig(strategy="layerwise", reward=macs).search_strategy() == "layerwise"
+
+
+def test_auto_walks_layer_by_layer_where_the_joint_start_misses_the_target(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from rlprune.config import AgentConfig, PruneConfig, RewardConfig, RolloutConfig
+    from rlprune.search import prune
+    from rlprune.search.joint import JointStartError
+    from tests.test_search_pin import TwoUnitToy
+
+    # 4 + 4 filters, min_keep 1: global magnitude cannot land within 2% of 0.4x MACs
+    cfg = PruneConfig(
+        seed=3, finetune_steps=2, final_finetune_epochs=0, min_keep=1, latency_runs=3,
+        batch_size=32, agent=AgentConfig(samples=4, updates=2, patience=3),
+        reward=RewardConfig(mode="budget", target_macs=0.4),
+        rollout=RolloutConfig(reward_set=100, calib_set=32),
+    )  # fmt: skip
+    data = (toy_split(128, 0), toy_split(100, 1))
+    res = prune(TwoUnitToy(), *data, cfg, test=toy_split(100, 2), out_dir=tmp_path / "auto")
+    assert {u.chosen for u in res.units}.isdisjoint({"joint", "prior"})  # the walk's records
+    assert res.pruned.macs < res.baseline.macs
+    joint = dataclasses.replace(cfg, strategy="joint")
+    with pytest.raises(JointStartError, match="cannot start"):
+        prune(TwoUnitToy(), *data, joint, test=toy_split(100, 2), out_dir=tmp_path / "joint")

@@ -76,6 +76,7 @@ def test_same_seed_gives_the_pinned_masks(tmp_path: Path, mode: str) -> None:
         reward = RewardConfig(mode="budget", target_macs=0.4)
     cfg = PruneConfig(
         seed=3,
+        strategy="layerwise",  # the masks pinned are the layer-wise walk's
         finetune_steps=2,
         final_finetune_epochs=0,
         min_keep=1,

@@ -137,7 +137,7 @@ def _kept_counts(units: Sequence[UnitRecord]) -> dict[str, int]:
 def rollout_equivalents(res: PruneResult, cfg: PruneConfig) -> int:
     """Reward-set evaluations a search spent: rollouts times the images each one scored, in
     units of the whole reward set (the joint strategy scores slices of it)."""
-    if cfg.strategy == "joint":
+    if cfg.search_strategy() == "joint":
         per = min(cfg.joint.images, cfg.rollout.reward_set) / cfg.rollout.reward_set
         return round(cfg.joint.steps * cfg.joint.samples * per)
     return sum(u.rollouts_scored for u in res.units)
@@ -259,7 +259,7 @@ def unread_settings(method: str, fingerprint: dict[str, Any]) -> tuple[str, ...]
     settings, for every method but a joint search (``random-search`` depends on the searches
     only through its candidate count, which its row records)."""
     strategy = fingerprint.get("config", {}).get("strategy")
-    joint = method == "rl-joint" or (method == "rl" and strategy == "joint")
+    joint = method == "rl-joint" or (method == "rl" and strategy != "layerwise")  # auto: joint
     return () if joint else ("config.joint.",)
 
 

@@ -45,7 +45,8 @@ RewardMode = Literal["accuracy", "budget", "amc"]
 Efficiency = Literal["macs", "filters", "latency"]
 Precision = Literal["fp32", "bf16"]
 WalkOrder = Literal["forward", "reverse", "macs"]
-SearchStrategy = Literal["layerwise", "joint"]
+SearchStrategy = Literal["auto", "layerwise", "joint"]
+StrategyName = Literal["layerwise", "joint"]
 JointSignal = Literal["loss", "accuracy"]
 JointInit = Literal["uniform", "global-magnitude"]
 JointTrainMask = Literal["mode", "sample"]
@@ -326,7 +327,8 @@ class PruneConfig:
     """The whole layer-by-layer search."""
 
     seed: int = 0
-    strategy: SearchStrategy = "layerwise"  # how the search walks the network
+    # How the search walks the network; "auto": see :meth:`search_strategy`.
+    strategy: SearchStrategy = "auto"
     order: WalkOrder = "forward"  # layerwise unit order ("macs": largest MAC share first)
     exclude: tuple[str, ...] = ()  # module names never pruned (the classifier never is)
     min_keep: float = 0.1  # per unit: >= 1 -> channel count, < 1 -> fraction of channels
@@ -348,6 +350,17 @@ class PruneConfig:
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
     joint: JointConfig = dataclasses.field(default_factory=JointConfig)
+
+    def search_strategy(self, distributed: bool = False) -> StrategyName:
+        """The strategy that runs. ``auto``: the joint search for MAC budgets in one process
+        (above the layer-wise walk at every target of docs/RESULTS.md, at a fraction of its
+        time), the layer-wise walk otherwise (accuracy-bounded and AMC modes, latency budgets,
+        torchrun)."""
+        if self.strategy != "auto":
+            return self.strategy
+        r = self.reward
+        macs_budget = r.mode == "budget" and r.efficiency != "latency"
+        return "joint" if macs_budget and not distributed else "layerwise"
 
     def __post_init__(self) -> None:
         _check_choice(self.strategy, SearchStrategy, "strategy")

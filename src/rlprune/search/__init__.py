@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlprune.config import PruneConfig, SearchStrategy
+from rlprune.config import PruneConfig, StrategyName
 from rlprune.data import Split
 from rlprune.distributed import DistContext
 from rlprune.env import PruningEnv
@@ -26,7 +26,7 @@ from rlprune.models import ModelSpec, runs_channels_last, set_layout
 from rlprune.outputs import Measurement, measure_model, write_outputs
 from rlprune.pruning import find_units
 from rlprune.search.costs import latency_report, search_lut
-from rlprune.search.joint import joint
+from rlprune.search.joint import JointStartError, joint
 from rlprune.search.layerwise import layerwise
 from rlprune.search.records import Decision, UnitProgress, UnitRecord
 from rlprune.search.runtime import SearchRuntime
@@ -46,8 +46,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STRATEGIES: dict[SearchStrategy, Strategy] = {"layerwise": layerwise, "joint": joint}
-"""Search strategies by ``PruneConfig.strategy``: each prunes ``session.model`` in place."""
+STRATEGIES: dict[StrategyName, Strategy] = {"layerwise": layerwise, "joint": joint}
+"""Search strategies by name (:meth:`PruneConfig.search_strategy`): each prunes ``session.model``
+in place."""
 
 
 @dataclass
@@ -115,7 +116,7 @@ def prune(
     cfg = runtime.cfg
     original = copy.deepcopy(model).to(device).eval()
     session = open_session(original, train, val, test, runtime)
-    records = STRATEGIES[cfg.strategy](session)  # search, cut and every fine-tune
+    records = run_strategy(session, cfg, dist.active)  # search, cut and every fine-tune
     pruned = measure_model(
         session.model, val, test, session.example, cfg.latency_runs, device, dist.is_main
     )
@@ -135,6 +136,21 @@ def prune(
         )  # fmt: skip
     dist.barrier()
     return PruneResult(session.model, session.baseline, pruned, records, runtime.run.root)
+
+
+def run_strategy(session: Session, cfg: PruneConfig, distributed: bool) -> list[UnitRecord]:
+    """Run the strategy ``cfg`` resolves to; with ``strategy=auto``, a joint search that cannot
+    start on this model (its global-magnitude start misses the MAC target) gives way to the
+    layer-wise walk, which reaches budgets unit by unit."""
+    strategy = cfg.search_strategy(distributed)
+    log.info("search strategy: %s", strategy)
+    try:
+        return STRATEGIES[strategy](session)
+    except JointStartError as e:
+        if cfg.strategy != "auto":
+            raise
+        log.warning("%s; strategy auto walks layer by layer instead", e)
+        return STRATEGIES["layerwise"](session)
 
 
 def open_session(

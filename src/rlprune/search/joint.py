@@ -32,7 +32,7 @@ from rlprune.agent.allocation import AllocationAgent
 from rlprune.agent.joint import JointAgent
 from rlprune.baselines import prune_to_target
 from rlprune.env.joint import Allocation, JointBatch, JointEnv, initial_levels
-from rlprune.errors import ConfigError
+from rlprune.errors import ConfigError, PruningError
 from rlprune.pruning import count_macs_params, group_magnitude
 from rlprune.rollouts import accuracy_stderr
 from rlprune.search.records import UnitRecord
@@ -40,13 +40,18 @@ from rlprune.search.runtime import derive_seed
 from rlprune.search.session import Session
 from rlprune.train import _endless, _sgd, evaluate
 
-__all__ = ["JOINT_STREAM", "joint"]
+__all__ = ["JOINT_STREAM", "JointStartError", "joint"]
 
 log = logging.getLogger(__name__)
 
 JOINT_STREAM = 1 << 25  # seed tag of the episodes' sampling and training streams
 RERANK_STREAM = 1 << 26  # seed tag of the final choice's recovery stream
 JOINT_UNIT = "<joint>"  # name under which the run folder keeps the search's progress
+
+
+class JointStartError(PruningError):
+    """The start point cannot be built (global magnitude misses the MAC target on this model,
+    e.g. ``min_keep`` or coarse units forbid it); raised before any training or writing."""
 
 
 def joint(s: Session) -> list[UnitRecord]:
@@ -56,7 +61,11 @@ def joint(s: Session) -> list[UnitRecord]:
     env = JointEnv(
         s.model, (s.env.reward_x, s.env.reward_y), s.env.calib, s.example, s.cfg, s.baseline.macs
     )
-    begin = start_point(s, env)
+    try:
+        begin = start_point(s, env)
+    except PruningError as e:  # nothing trained or written yet: the caller may walk instead
+        env.close()
+        raise JointStartError(f"the joint search cannot start here: {e}") from e
     agent_cfg = dataclasses.replace(s.cfg.agent, lr=s.cfg.joint.lr)
     agent = JointAgent(agent_cfg, env.owner, len(env.units), seed=s.cfg.seed, prior=begin.prior)
     finished = s.runtime.load_walk(s.model, agent)
