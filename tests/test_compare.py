@@ -262,3 +262,14 @@ def test_joint_settings_count_only_for_a_joint_search() -> None:
     assert diff == "config.joint.lr: 0.5 in the cell, 0.01 now"
     new["config"]["strategy"] = old["config"]["strategy"] = "joint"
     assert _first_difference(old, new, unread_settings("rl", new)) is not None
+
+
+def test_the_strategy_setting_counts_only_for_rl() -> None:
+    from rlprune.compare_cells import _first_difference, unread_settings
+
+    old = {"config": {"strategy": "layerwise", "seed": 0}}  # cells made before strategy=auto
+    new = {"config": {"strategy": "auto", "seed": 0}}
+    for method in ("l1-uniform", "random-search", "rl-layerwise", "rl-joint"):
+        assert _first_difference(old, new, unread_settings(method, new)) is None, method
+    diff = _first_difference(old, new, unread_settings("rl", new))
+    assert diff == "config.strategy: 'layerwise' in the cell, 'auto' now"

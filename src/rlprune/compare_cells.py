@@ -257,10 +257,13 @@ def _first_difference(
 def unread_settings(method: str, fingerprint: dict[str, Any]) -> tuple[str, ...]:
     """Fingerprint key prefixes ``method``'s numbers do not depend on: the joint strategy's
     settings, for every method but a joint search (``random-search`` depends on the searches
-    only through its candidate count, which its row records)."""
+    only through its candidate count, which its row records), and ``strategy`` for every method
+    but ``rl``."""
     strategy = fingerprint.get("config", {}).get("strategy")
     joint = method == "rl-joint" or (method == "rl" and strategy != "layerwise")  # auto: joint
-    return () if joint else ("config.joint.",)
+    # only ``rl`` reads the strategy setting: rl-joint and rl-layerwise name their own
+    ignored = () if method == "rl" else ("config.strategy",)
+    return ignored if joint else ("config.joint.", *ignored)
 
 
 _NAME = re.compile(r"t(?P<target>[0-9.eE+-]+)_s(?P<seed>-?\d+)\.json")
