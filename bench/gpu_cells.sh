@@ -37,7 +37,8 @@ if ! "$PY" -c "import torch_pruning" 2>/dev/null; then
 fi
 export PYTHONPATH=$ROOT/src${PYTHONPATH:+:$PYTHONPATH}
 # (b) Fashion-MNIST: find_fashion_mnist looks in $RLPRUNE_DATA/fashion-mnist
-[ -d "$DATA/fashion-mnist" ] && export RLPRUNE_DATA=$ROOT/$DATA
+case $DATA in /*) ;; *) DATA=$ROOT/$DATA ;; esac  # absolute, or under the repo root
+[ -d "$DATA/fashion-mnist" ] && export RLPRUNE_DATA=$DATA
 # fp32 stays fp32 on the GPU (rollouts, evaluation, the masked-vs-cut check); bf16 autocast of
 # the fine-tunes is unaffected
 [ "$TF32" = 1 ] || export NVIDIA_TF32_OVERRIDE=0

@@ -271,5 +271,13 @@ def test_the_strategy_setting_counts_only_for_rl() -> None:
     new = {"config": {"strategy": "auto", "seed": 0}}
     for method in ("l1-uniform", "random-search", "rl-layerwise", "rl-joint"):
         assert _first_difference(old, new, unread_settings(method, new)) is None, method
-    diff = _first_difference(old, new, unread_settings("rl", new))
-    assert diff == "config.strategy: 'layerwise' in the cell, 'auto' now"
+    for method in ("rl", "random", "l1-rl-ratios"):  # built on rl's search: its strategy counts
+        diff = _first_difference(old, new, unread_settings(method, new))
+        assert diff == "config.strategy: 'layerwise' in the cell, 'auto' now", method
+
+
+def test_the_rl_count_readers_are_the_registry_methods_that_use_rl_counts() -> None:
+    from rlprune.compare import REGISTRY
+    from rlprune.compare_cells import RL_COUNT_READERS
+
+    assert set(RL_COUNT_READERS) == {m for m, e in REGISTRY.items() if e.uses_rl_counts}

@@ -173,6 +173,12 @@ def test_auto_strategy_is_joint_for_mac_budgets_in_one_process_only() -> None:
     lat = RewardConfig(mode="budget", efficiency="latency", target_latency=0.5)
     assert PruneConfig(reward=lat).search_strategy() == "layerwise"
     assert PruneConfig(strategy="layerwise", reward=macs).search_strategy() == "layerwise"
+    for walk_only in (
+        PruneConfig(reward=RewardConfig(mode="budget", target_macs=0.5, project=True)),
+        PruneConfig(reward=RewardConfig(mode="budget", target_macs=0.5, efficiency="filters")),
+        PruneConfig(reward=macs, round_to=8),
+    ):
+        assert walk_only.search_strategy() == "layerwise"
 
 
 def test_auto_walks_layer_by_layer_where_the_joint_start_misses_the_target(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -16,6 +16,7 @@ from tests.toy import ToyNet, toy_split
 
 def _toy_cfg(updates: int = 30, **reward: object) -> PruneConfig:
     return PruneConfig(
+        strategy="layerwise",  # these tests pin the layer-wise walk (budget mode: auto is joint)
         finetune_steps=0,
         final_finetune_epochs=0,
         min_keep=1,

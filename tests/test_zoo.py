@@ -185,6 +185,7 @@ def test_prune_reload_export(name: str, tmp_path: Path, monkeypatch: pytest.Monk
         latency_runs=3,
         batch_size=16,
         agent=rlprune.AgentConfig(samples=3, updates=1, patience=1),
+        strategy="layerwise",
         reward=rlprune.RewardConfig(mode="budget", target_macs=0.6),
         rollout=rlprune.RolloutConfig(reward_set=16, calib_set=8),
     )
@@ -233,6 +234,7 @@ def test_a_view_head_falls_back_to_nchw(
     cfg = rlprune.PruneConfig(
         finetune_steps=1, final_finetune_epochs=0, min_keep=1, latency_runs=3, batch_size=16,
         agent=rlprune.AgentConfig(samples=3, updates=1, patience=1),
+        strategy="layerwise",
         reward=rlprune.RewardConfig(mode="budget", target_macs=0.6),
         rollout=rlprune.RolloutConfig(reward_set=16, calib_set=8),
     )  # fmt: skip

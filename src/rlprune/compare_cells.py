@@ -137,7 +137,7 @@ def _kept_counts(units: Sequence[UnitRecord]) -> dict[str, int]:
 def rollout_equivalents(res: PruneResult, cfg: PruneConfig) -> int:
     """Reward-set evaluations a search spent: rollouts times the images each one scored, in
     units of the whole reward set (the joint strategy scores slices of it)."""
-    if cfg.search_strategy() == "joint":
+    if res.strategy == "joint":
         per = min(cfg.joint.images, cfg.rollout.reward_set) / cfg.rollout.reward_set
         return round(cfg.joint.steps * cfg.joint.samples * per)
     return sum(u.rollouts_scored for u in res.units)
@@ -254,15 +254,20 @@ def _first_difference(
     return None
 
 
+RL_COUNT_READERS = ("random", "l1-rl-ratios")  # methods built from rl's per-unit keep counts
+
+
 def unread_settings(method: str, fingerprint: dict[str, Any]) -> tuple[str, ...]:
     """Fingerprint key prefixes ``method``'s numbers do not depend on: the joint strategy's
-    settings, for every method but a joint search (``random-search`` depends on the searches
-    only through its candidate count, which its row records), and ``strategy`` for every method
-    but ``rl``."""
+    settings, for every method but a joint search and those built on one (``random-search``
+    depends on the searches only through its candidate count, which its row records), and
+    ``strategy`` for every method but ``rl`` and those built on its keep counts."""
     strategy = fingerprint.get("config", {}).get("strategy")
-    joint = method == "rl-joint" or (method == "rl" and strategy != "layerwise")  # auto: joint
-    # only ``rl`` reads the strategy setting: rl-joint and rl-layerwise name their own
-    ignored = () if method == "rl" else ("config.strategy",)
+    # rl's strategy setting decides its search, and so the keep counts random and l1-rl-ratios
+    # take from it; rl-joint and rl-layerwise name their own, the others read neither
+    reads_rl = method in ("rl", *RL_COUNT_READERS)
+    joint = method == "rl-joint" or (reads_rl and strategy != "layerwise")  # auto: joint
+    ignored = () if reads_rl else ("config.strategy",)
     return ignored if joint else ("config.joint.", *ignored)
 
 

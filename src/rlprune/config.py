@@ -257,10 +257,8 @@ class JointConfig:
     ``finetune_steps * units - steps`` more).
     """
 
-    # 30 episodes and 50 recovery steps keep the search's own time under the cut model's
-    # fine-tune (vgg-small at 0.3x MACs: 23 s against 31 s on a 2-core EPYC; 200 episodes and
-    # 100 steps took 122 s): with the fair final choice, more episodes had not bought a mask
-    # that beat the start (docs/RESULTS.md).
+    # 30 episodes (and 50 re-ranking steps) keep the search under the cut model's fine-tune
+    # (docs/RESULTS.md: 23 s vs 31 s, vgg-small 0.3x; 200 episodes had not found better masks)
     steps: int = 30
     samples: int = 4
     images: int = 100  # reward-set images each episode's masks are scored on (round robin)
@@ -324,7 +322,7 @@ class JointConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PruneConfig:
-    """The whole layer-by-layer search."""
+    """The whole search: strategy, fine-tuning, agent, reward, rollouts, joint settings."""
 
     seed: int = 0
     # How the search walks the network; "auto": see :meth:`search_strategy`.
@@ -352,15 +350,16 @@ class PruneConfig:
     joint: JointConfig = dataclasses.field(default_factory=JointConfig)
 
     def search_strategy(self, distributed: bool = False) -> StrategyName:
-        """The strategy that runs. ``auto``: the joint search for MAC budgets in one process
-        (above the layer-wise walk at every target of docs/RESULTS.md, at a fraction of its
-        time), the layer-wise walk otherwise (accuracy-bounded and AMC modes, latency budgets,
-        torchrun)."""
+        """The strategy that runs. ``auto``: the joint search for plain MAC budgets in one
+        process (above the layer-wise walk at every target of docs/RESULTS.md, in a fraction of
+        its time); the layer-wise walk otherwise: accuracy-bounded and AMC modes, filter or
+        latency efficiency, ``reward.project`` and ``round_to`` (settings the walk reads),
+        torchrun."""
         if self.strategy != "auto":
             return self.strategy
         r = self.reward
-        macs_budget = r.mode == "budget" and r.efficiency != "latency"
-        return "joint" if macs_budget and not distributed else "layerwise"
+        plain = r.mode == "budget" and r.efficiency == "macs" and not r.project
+        return "joint" if plain and self.round_to == 1 and not distributed else "layerwise"
 
     def __post_init__(self) -> None:
         _check_choice(self.strategy, SearchStrategy, "strategy")

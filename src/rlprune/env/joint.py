@@ -27,7 +27,7 @@ from rlprune.pruning import Unit, UnitMacs, UnitMask, find_units, remove_channel
 from rlprune.pruning.latency import round_count
 from rlprune.reward import budget_reward
 
-__all__ = ["Allocation", "JointBatch", "JointEnv", "largest_shift"]
+__all__ = ["Allocation", "JointBatch", "JointEnv", "hits", "largest_shift"]
 
 log = logging.getLogger(__name__)
 
@@ -176,17 +176,11 @@ class JointEnv:
     ) -> torch.Tensor:
         """Which images ``[M]`` (bool) the network under ``mask [N]`` classifies right (the
         reward set, or ``images``)."""
-        xs, ys = images if images is not None else (self.reward_x, self.reward_y)
-        bs = self.cfg.rollout.batch_size
         self.model.eval()
         self.set_masks(mask)
         try:
-            return torch.cat(
-                [
-                    self.model(x).argmax(1) == y
-                    for x, y in zip(xs.split(bs), ys.split(bs), strict=True)
-                ]
-            )
+            images = images if images is not None else (self.reward_x, self.reward_y)
+            return hits(self.model, images, self.cfg.rollout.batch_size)
         finally:
             self.set_masks(None)
 
@@ -326,6 +320,14 @@ def initial_levels(
     if math.isclose(lo, 0.0):
         log.warning("MAC target %.3g is below what one channel per unit costs", env.target)
     return offsets([(lo + hi) / 2] * len(parts))
+
+
+@torch.no_grad()
+def hits(model: nn.Module, images: tuple[torch.Tensor, torch.Tensor], bs: int) -> torch.Tensor:
+    """Which images ``(x [M, C, H, W], y [M])`` ``model`` classifies right, ``[M]`` bool, in
+    batches of ``bs``."""
+    pairs = zip(images[0].split(bs), images[1].split(bs), strict=True)
+    return torch.cat([model(x).argmax(1) == y for x, y in pairs])
 
 
 def _cut(

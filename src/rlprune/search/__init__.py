@@ -1,7 +1,7 @@
 """The search: prune a trained CNN with the RL agent, then fine-tune and measure it.
 
 :func:`prune` sets up what every strategy shares (:class:`~rlprune.search.session.Session`),
-runs the strategy ``PruneConfig.strategy`` names, then does the final fine-tune, measures the
+runs the strategy ``PruneConfig.search_strategy()`` resolves, then does the final fine-tune, measures the
 result and writes the run folder's outputs. Strategies live beside it: ``layerwise`` (Huang et
 al. 2018, :mod:`rlprune.search.layerwise`) and ``joint`` (all units at once, DECORE-style,
 :mod:`rlprune.search.joint`).
@@ -60,6 +60,7 @@ class PruneResult:
     pruned: Measurement
     units: list[UnitRecord]
     out_dir: Path | None = None
+    strategy: StrategyName = "layerwise"  # the one that ran (``auto`` resolved, fallback taken)
 
 
 def prune(
@@ -116,7 +117,7 @@ def prune(
     cfg = runtime.cfg
     original = copy.deepcopy(model).to(device).eval()
     session = open_session(original, train, val, test, runtime)
-    records = run_strategy(session, cfg, dist.active)  # search, cut and every fine-tune
+    strategy, records = run_strategy(session, cfg, dist.active)  # search, cuts, fine-tunes
     pruned = measure_model(
         session.model, val, test, session.example, cfg.latency_runs, device, dist.is_main
     )
@@ -135,22 +136,25 @@ def prune(
             session.baseline, pruned, unit_rows, cfg, extra,
         )  # fmt: skip
     dist.barrier()
-    return PruneResult(session.model, session.baseline, pruned, records, runtime.run.root)
+    root = runtime.run.root
+    return PruneResult(session.model, session.baseline, pruned, records, root, strategy)
 
 
-def run_strategy(session: Session, cfg: PruneConfig, distributed: bool) -> list[UnitRecord]:
+def run_strategy(
+    session: Session, cfg: PruneConfig, distributed: bool
+) -> tuple[StrategyName, list[UnitRecord]]:
     """Run the strategy ``cfg`` resolves to; with ``strategy=auto``, a joint search that cannot
     start on this model (its global-magnitude start misses the MAC target) gives way to the
-    layer-wise walk, which reaches budgets unit by unit."""
+    layer-wise walk, which reaches budgets unit by unit. Returns the strategy that ran."""
     strategy = cfg.search_strategy(distributed)
     log.info("search strategy: %s", strategy)
     try:
-        return STRATEGIES[strategy](session)
+        return strategy, STRATEGIES[strategy](session)
     except JointStartError as e:
         if cfg.strategy != "auto":
             raise
         log.warning("%s; strategy auto walks layer by layer instead", e)
-        return STRATEGIES["layerwise"](session)
+        return "layerwise", STRATEGIES["layerwise"](session)
 
 
 def open_session(

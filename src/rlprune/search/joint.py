@@ -31,7 +31,7 @@ from rlprune.agent import sample_masks
 from rlprune.agent.allocation import AllocationAgent
 from rlprune.agent.joint import JointAgent
 from rlprune.baselines import prune_to_target
-from rlprune.env.joint import Allocation, JointBatch, JointEnv, initial_levels
+from rlprune.env.joint import Allocation, JointBatch, JointEnv, hits, initial_levels
 from rlprune.errors import ConfigError, PruningError
 from rlprune.pruning import count_macs_params, group_magnitude
 from rlprune.rollouts import accuracy_stderr
@@ -61,16 +61,21 @@ def joint(s: Session) -> list[UnitRecord]:
     env = JointEnv(
         s.model, (s.env.reward_x, s.env.reward_y), s.env.calib, s.example, s.cfg, s.baseline.macs
     )
+    try:  # the mask hooks come off whatever happens (a failure, Ctrl-C)
+        return _search(s, env)
+    finally:
+        env.close()
+
+
+def _search(s: Session, env: JointEnv) -> list[UnitRecord]:
     try:
         begin = start_point(s, env)
     except PruningError as e:  # nothing trained or written yet: the caller may walk instead
-        env.close()
         raise JointStartError(f"the joint search cannot start here: {e}") from e
     agent_cfg = dataclasses.replace(s.cfg.agent, lr=s.cfg.joint.lr)
     agent = JointAgent(agent_cfg, env.owner, len(env.units), seed=s.cfg.seed, prior=begin.prior)
     finished = s.runtime.load_walk(s.model, agent)
     if finished:  # the search, cut and fine-tune of a killed run are done: keep them
-        env.close()
         return finished
     t0 = time.perf_counter()
     state = env.state()  # [N, D]
@@ -98,10 +103,27 @@ def joint(s: Session) -> list[UnitRecord]:
     # accuracy (0.36 pp for global magnitude at 0.15x MACs on vgg-small).
     rest = max(0, s.cfg.finetune_steps * len(env.units) - trained) + s.runtime.final_steps()
     ft_loss = s.runtime.final_tune(s.model, s.cfg.seed, rest)
+    times = (agent_s, time.perf_counter() - t1 + train_s)
+    records = _records(s, env, kept, choice, start, ft_loss, times)
+    s.runtime.save_walk(s.model, records, agent)
+    return records
+
+
+def _records(
+    s: Session,
+    env: JointEnv,
+    kept: dict[str, list[int]],
+    choice: Choice,
+    start: JointBatch,
+    ft_loss: float,
+    times: tuple[float, float],
+) -> list[UnitRecord]:
+    """One record per unit of the cut and fine-tuned ``s.model``; the search's and the
+    fine-tune's seconds ``times`` are shared equally among the units."""
     val_acc = evaluate(s.model, s.val, device=s.runtime.device)
     macs, params = count_macs_params(s.model, s.example)
     end, n = choice.learned, len(env.units)
-    records = [
+    return [
         UnitRecord(
             unit=unit.name,
             producers=list(unit.producers),
@@ -126,14 +148,12 @@ def joint(s: Session) -> list[UnitRecord]:
             macs=macs,
             params=params,
             reward_set_stderr=accuracy_stderr(s.base_acc, len(env.reward_y)),
-            agent_s=agent_s / n,
-            finetune_s=(time.perf_counter() - t1 + train_s) / n,
+            agent_s=times[0] / n,
+            finetune_s=times[1] / n,
             det_reward_start=float(start.rewards[0]),
         )
         for unit, keep in zip(env.units, kept.values(), strict=True)
     ]
-    s.runtime.save_walk(s.model, records, agent)
-    return records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,13 +233,7 @@ def recovered_hits(
     model = env.cut_copy(mask, original)
     seed = derive_seed(s.cfg.seed, RERANK_STREAM)
     s.runtime.tune(model, seed, s.cfg.joint.rerank_steps, "re-rank")
-    model.eval()
-    xs, ys = images
-    bs = s.cfg.rollout.batch_size
-    with torch.no_grad():
-        return torch.cat(
-            [model(x).argmax(1) == y for x, y in zip(xs.split(bs), ys.split(bs), strict=True)]
-        )
+    return hits(model.eval(), images, s.cfg.rollout.batch_size)
 
 
 def mcnemar_z(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,8 +1,9 @@
 """What every search strategy shares: the live model, its environment and the runtime.
 
 A strategy is a function ``(Session) -> list[UnitRecord]`` that prunes ``session.model`` in
-place; :func:`rlprune.search.prune` builds the session, runs the strategy named by
-``PruneConfig.strategy`` (which owns the whole fine-tune schedule, final epochs included),
+place; :func:`rlprune.search.prune` builds the session, runs the strategy
+``PruneConfig.search_strategy()`` resolves to (which owns the whole fine-tune schedule, final
+epochs included),
 then measures and writes the outputs for all of them.
 """
 
