@@ -20,7 +20,8 @@ from rlprune.config import PruneConfig, RewardConfig
 from rlprune.data import load_dataset
 from rlprune.env.joint import Allocation, JointEnv
 from rlprune.pruning import count_macs_params
-from rlprune.search.joint import held_out, mcnemar_z, recovered_hits, start_point
+from rlprune.search.choice import held_out, mcnemar_z, recovered_hits
+from rlprune.search.joint import start_point
 from rlprune.train import fine_tune
 
 model_name, target, seed = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])

@@ -202,7 +202,7 @@ def _decoy_env(cfg: PruneConfig, n: int = 200) -> tuple[object, object]:
 
 
 def test_held_out_images_are_the_validation_split_outside_the_reward_set() -> None:
-    from rlprune.search.joint import held_out
+    from rlprune.search.choice import held_out
 
     cfg = _joint_cfg(lr=0.05)  # reward set: 200 images
     env, session = _decoy_env(cfg, n=300)
@@ -218,7 +218,7 @@ def test_held_out_images_are_the_validation_split_outside_the_reward_set() -> No
 def test_the_learnt_mask_replaces_the_start_only_if_better_on_held_out(
     learnt_is_right: bool,
 ) -> None:
-    from rlprune.search.joint import choose
+    from rlprune.search.choice import choose
 
     env, session = _decoy_env(_joint_cfg(lr=0.05), n=400)
     right, wrong = torch.tensor([1.0] * 4 + [0.0] * 4), torch.tensor([0.0] * 4 + [1.0] * 4)

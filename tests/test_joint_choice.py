@@ -50,7 +50,7 @@ def _env(target: float = 0.55):  # type: ignore[no-untyped-def]
 
 
 def test_allocation_masks_start_on_the_heuristic_mask_and_project_onto_the_target() -> None:
-    from rlprune.search.joint import Allocation
+    from rlprune.env.joint import Allocation
 
     env, start = _env()
     assert start.prior is not None and start.ratios is not None and start.mask is not None
@@ -94,7 +94,7 @@ def _session(env: object, steps: int) -> SimpleNamespace:
 def test_rerank_keeps_the_mask_better_after_recovery_and_restores_the_weights(
     learnt_is_right: bool,
 ) -> None:
-    from rlprune.search.joint import rerank
+    from rlprune.search.choice import rerank
     from tests.test_joint import _decoy_env
 
     env, _ = _decoy_env(_joint_cfg(lr=0.05), n=400)
@@ -112,14 +112,17 @@ def test_rerank_keeps_the_mask_better_after_recovery_and_restores_the_weights(
     env.close()  # type: ignore[attr-defined]
 
 
-def test_joint_allocation_with_rerank_runs_and_hits_the_target(tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("start_uniform", [False, True])
+def test_joint_allocation_with_rerank_runs_and_hits_the_target(  # type: ignore[no-untyped-def]
+    tmp_path, start_uniform: bool
+) -> None:
     from rlprune.search import prune
     from tests.test_search_pin import TwoUnitToy
 
     cfg = _joint_cfg(lr=0.05, steps=6)
     joint = dataclasses.replace(
         cfg.joint, init="global-magnitude", action="allocation", rerank_steps=2,
-        train_weights=True, train_mask="sample",
+        train_weights=True, train_mask="sample", start_uniform=start_uniform,
     )  # fmt: skip
     reward = dataclasses.replace(cfg.reward, target_macs=0.6)
     cfg = dataclasses.replace(cfg, joint=joint, reward=reward, finetune_steps=4, batch_size=32)
@@ -132,7 +135,7 @@ def test_joint_allocation_with_rerank_runs_and_hits_the_target(tmp_path) -> None
 
 
 def test_mcnemar_z_by_hand() -> None:
-    from rlprune.search.joint import mcnemar_z
+    from rlprune.search.choice import mcnemar_z
 
     a = torch.tensor([True] * 10 + [False] * 2 + [True] * 5)
     b = torch.tensor([False] * 10 + [True] * 2 + [True] * 5)
@@ -201,3 +204,24 @@ def test_auto_walks_layer_by_layer_where_the_joint_start_misses_the_target(tmp_p
     joint = dataclasses.replace(cfg, strategy="joint")
     with pytest.raises(JointStartError, match="cannot start"):
         prune(TwoUnitToy(), *data, joint, test=toy_split(100, 2), out_dir=tmp_path / "joint")
+
+
+@pytest.mark.parametrize(("extra_right", "replaced"), [(20, True), (2, False)])
+def test_a_later_start_replaces_the_first_only_when_significantly_better(
+    monkeypatch: pytest.MonkeyPatch, extra_right: int, replaced: bool
+) -> None:
+    import rlprune.search.choice as choice
+
+    first, second = torch.zeros(4), torch.ones(4)
+    base = torch.tensor([True] * 60 + [False] * 40)
+    better = base.clone()
+    better[60 : 60 + extra_right] = True  # right on extra_right images the first gets wrong
+    got = {0: base, 1: better}
+    monkeypatch.setattr(choice, "held_out", lambda s, env: (torch.zeros(100), torch.zeros(100)))
+    monkeypatch.setattr(
+        choice, "recovered_hits", lambda s, env, mask, original, images: got[int(mask[0])]
+    )
+    session = SimpleNamespace(cfg=SimpleNamespace(joint=JointConfig()))
+    mask, hits = choice.better_start(session, None, [("a", first), ("b", second)], {})  # type: ignore[arg-type]
+    assert torch.equal(mask, second if replaced else first)  # z = 4.47 or 1.41 against 2
+    assert torch.equal(hits, better if replaced else base)

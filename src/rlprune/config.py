@@ -299,6 +299,9 @@ class JointConfig:
     # scores; needs init=global-magnitude), with exploration width ``sigma`` in logit units.
     action: JointAction = "allocation"
     sigma: float = 0.25
+    # Before the episodes, let the uniform allocation (the same ranking) challenge global
+    # magnitude's mask by the final choice's rule; the winner is where the policy starts.
+    start_uniform: bool = False
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "joint.steps", f"must be >= 1, got {self.steps}")

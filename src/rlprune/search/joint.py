@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Iterator
 
@@ -31,10 +30,11 @@ from rlprune.agent import sample_masks
 from rlprune.agent.allocation import AllocationAgent
 from rlprune.agent.joint import JointAgent
 from rlprune.baselines import prune_to_target
-from rlprune.env.joint import Allocation, JointBatch, JointEnv, hits, initial_levels
+from rlprune.env.joint import Allocation, JointBatch, JointEnv, initial_levels
 from rlprune.errors import ConfigError, PruningError
 from rlprune.pruning import count_macs_params, group_magnitude
 from rlprune.rollouts import accuracy_stderr
+from rlprune.search.choice import Choice, better_start, choose, rerank
 from rlprune.search.records import UnitRecord
 from rlprune.search.runtime import derive_seed
 from rlprune.search.session import Session
@@ -45,7 +45,6 @@ __all__ = ["JOINT_STREAM", "JointStartError", "joint"]
 log = logging.getLogger(__name__)
 
 JOINT_STREAM = 1 << 25  # seed tag of the episodes' sampling and training streams
-RERANK_STREAM = 1 << 26  # seed tag of the final choice's recovery stream
 JOINT_UNIT = "<joint>"  # name under which the run folder keeps the search's progress
 
 
@@ -79,17 +78,20 @@ def _search(s: Session, env: JointEnv) -> list[UnitRecord]:
         return finished
     t0 = time.perf_counter()
     state = env.state()  # [N, D]
+    original = copy.deepcopy(s.model.state_dict()) if s.cfg.joint.rerank_steps else None
+    start_hits = None
+    if s.cfg.joint.start_uniform and original is not None and begin.mask is not None:
+        begin, start_hits = uniform_or_not(s, env, begin, original)
     agent.set_levels(initial_levels(env, agent.base_logits(state), begin.ratios))
     start_mask = begin.mask if begin.mask is not None else env.project(agent.logits(state))
     start = env.score_full(start_mask)
-    original = copy.deepcopy(s.model.state_dict()) if s.cfg.joint.rerank_steps else None
     if s.cfg.joint.action == "allocation":
         trained, train_s, learned = train_allocation(s, env, begin)
     else:
         trained, train_s = train_jointly(s, env, agent, state)
         learned = env.project(agent.logits(state))
     if original is not None:
-        choice = rerank(s, env, start_mask, learned, original)
+        choice = rerank(s, env, start_mask, learned, original, start_hits)
         # the episodes' weights are gone: their SGD steps were search cost, not fine-tuning
         trained, train_s = 0, 0.0
     else:
@@ -156,94 +158,6 @@ def _records(
     ]
 
 
-@dataclasses.dataclass(frozen=True)
-class Choice:
-    """The final mask: the learnt policy's or, if it does no better on held-out images, the
-    one the policy started from (so the search never ends below its prior).
-
-    Attributes:
-        mask: ``[N]`` the chosen whole-network mask.
-        chosen: ``"joint"`` (learnt) or ``"prior"`` (the start).
-        learned: the learnt deterministic mask scored on the reward set.
-    """
-
-    mask: torch.Tensor
-    chosen: str
-    learned: JointBatch
-
-
-def choose(s: Session, env: JointEnv, start: torch.Tensor, learned: torch.Tensor) -> Choice:
-    """Keep the learnt mask only if it is strictly more accurate than the start mask on the
-    validation images outside the reward set (with the weights as the episodes left them; both
-    masks are near the ones those weights were trained under)."""
-    scored = env.score_full(learned)
-    if torch.equal(start, learned):
-        log.info("joint: the learnt mask is the start mask")
-        return Choice(learned, "joint", scored)
-    images = held_out(s, env)
-    a, b = env.score_full(learned, images), env.score_full(start, images)
-    won = float(a.accs[0]) > float(b.accs[0])
-    log.info(
-        "joint: held-out accuracy %.2f%% learnt vs %.2f%% start (%d images): keep the %s mask",
-        a.accs[0], b.accs[0], len(images[1]), "learnt" if won else "start",
-    )  # fmt: skip
-    return Choice(learned, "joint", scored) if won else Choice(start, "prior", scored)
-
-
-def rerank(
-    s: Session,
-    env: JointEnv,
-    start: torch.Tensor,
-    learned: torch.Tensor,
-    original: dict[str, torch.Tensor],
-) -> Choice:
-    """Choose between the learnt and the start mask after the same short recovery of each
-    (``joint.rerank_steps`` SGD steps, cosine learning rate, one data stream) of a copy cut
-    from the ``original`` weights, on held-out validation images; restores the original
-    weights. Neither mask profits from weights the episodes trained under it, so the choice is
-    between structures, and the recoveries cost what the pruned networks cost."""
-    scored = env.score_full(learned)
-    s.model.load_state_dict(original)
-    if torch.equal(start, learned):
-        log.info("joint: the learnt mask is the start mask")
-        return Choice(learned, "joint", scored)
-    images = held_out(s, env)
-    hits = [recovered_hits(s, env, mask, original, images) for mask in (learned, start)]
-    z = mcnemar_z(hits[0], hits[1])
-    won = z > s.cfg.joint.rerank_z
-    log.info(
-        "joint: after %d recovery steps, held-out accuracy %.2f%% learnt vs %.2f%% start "
-        "(McNemar z = %.2f, needs > %.2f): keep the %s mask", s.cfg.joint.rerank_steps,
-        100 * float(hits[0].double().mean()), 100 * float(hits[1].double().mean()), z,
-        s.cfg.joint.rerank_z, "learnt" if won else "start",
-    )  # fmt: skip
-    return Choice(learned, "joint", scored) if won else Choice(start, "prior", scored)
-
-
-def recovered_hits(
-    s: Session,
-    env: JointEnv,
-    mask: torch.Tensor,
-    original: dict[str, torch.Tensor],
-    images: tuple[torch.Tensor, torch.Tensor],
-) -> torch.Tensor:
-    """Which ``images`` ``[M]`` (bool) a copy of the network cut by ``mask [N]`` from the
-    ``original`` weights classifies right after ``joint.rerank_steps`` fine-tune steps on the
-    stream ``derive_seed(seed, RERANK_STREAM)``."""
-    model = env.cut_copy(mask, original)
-    seed = derive_seed(s.cfg.seed, RERANK_STREAM)
-    s.runtime.tune(model, seed, s.cfg.joint.rerank_steps, "re-rank")
-    return hits(model.eval(), images, s.cfg.rollout.batch_size)
-
-
-def mcnemar_z(a: torch.Tensor, b: torch.Tensor) -> float:
-    """McNemar's paired statistic ``(n_ab - n_ba) / sqrt(n_ab + n_ba)`` of two classifiers'
-    per-image correctness ``[M]`` (bool), ``n_ab`` the images only ``a`` gets right; > 0 when
-    ``a`` is the better, about N(0, 1) when they are equally good (0 when they never differ)."""
-    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
-    return 0.0 if only_a + only_b == 0 else (only_a - only_b) / math.sqrt(only_a + only_b)
-
-
 def _sgd_stream(
     s: Session, tag: int
 ) -> tuple[torch.optim.SGD, torch.Generator, Iterator[tuple[torch.Tensor, torch.Tensor]]]:
@@ -253,18 +167,6 @@ def _sgd_stream(
     opt = _sgd(s.model, cfg.finetune_lr, 0.9, cfg.weight_decay)
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, tag))
     return opt, gen, _endless(s.runtime.train, cfg.batch_size, gen, True, s.runtime.hflip)
-
-
-def held_out(s: Session, env: JointEnv) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validation images the rewards never saw: the reward set is the first ``reward_set``
-    images of the same seeded permutation of the validation split, these are the rest."""
-    n = len(env.reward_y)
-    perm = s.val.subset(len(s.val), seed=s.cfg.seed)
-    if len(perm) <= n:
-        log.warning("joint: no validation images outside the reward set; choosing on it")
-        return env.reward_x, env.reward_y
-    dev = env.reward_x.device
-    return perm.images[n:].to(dev), perm.labels[n:].to(dev)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,6 +207,23 @@ def start_point(s: Session, env: JointEnv) -> Start:
         mask.append(keep)
     ratios = [kept[u.name] / u.channels for u in env.units]
     return Start(torch.cat(prior), ratios, torch.cat(mask))
+
+
+def uniform_or_not(
+    s: Session, env: JointEnv, begin: Start, original: dict[str, torch.Tensor]
+) -> tuple[Start, torch.Tensor]:
+    """The start between global magnitude's mask and the uniform allocation (every unit keeps
+    the same share of its filters, ranked by the same scores; Li et al. 2017's allocation),
+    by the final choice's rule; returns it and its recovered held-out correctness ``[M]``.
+    Global ranking can starve units that uniform keeps (resnet20 at 0.3x MACs:
+    bench/probe_allocations.py, docs/RESULTS.md)."""
+    assert begin.prior is not None and begin.mask is not None
+    uniform = Allocation(env, begin.prior).project(torch.zeros(len(env.units), dtype=torch.float64))
+    mask, hits_ = better_start(
+        s, env, [("global-magnitude", begin.mask), ("uniform", uniform)], original
+    )
+    ratios = (env.counts(mask[None])[0] / torch.tensor(env.sizes)).tolist()
+    return Start(begin.prior, ratios, mask), hits_
 
 
 def train_jointly(
