@@ -218,10 +218,19 @@ def test_a_later_start_replaces_the_first_only_when_significantly_better(
     better[60 : 60 + extra_right] = True  # right on extra_right images the first gets wrong
     got = {0: base, 1: better}
     monkeypatch.setattr(choice, "held_out", lambda s, env: (torch.zeros(100), torch.zeros(100)))
-    monkeypatch.setattr(
-        choice, "recovered_hits", lambda s, env, mask, original, images: got[int(mask[0])]
-    )
-    session = SimpleNamespace(cfg=SimpleNamespace(joint=JointConfig()))
-    mask, hits = choice.better_start(session, None, [("a", first), ("b", second)], {})  # type: ignore[arg-type]
+    recovered: list[int] = []
+
+    def fake(
+        s: object, env: object, mask: torch.Tensor, original: object, images: object
+    ) -> torch.Tensor:
+        recovered.append(int(mask[0]))
+        return got[int(mask[0])]
+
+    monkeypatch.setattr(choice, "recovered_hits", fake)
+    session = SimpleNamespace(cfg=SimpleNamespace(joint=JointConfig()))  # rerank_z = 2
+    mask, hits = choice.fair_pick(session, None, [("a", first), ("b", second)], {})  # type: ignore[arg-type]
     assert torch.equal(mask, second if replaced else first)  # z = 4.47 or 1.41 against 2
     assert torch.equal(hits, better if replaced else base)
+    assert recovered == [0, 1]
+    again, _ = choice.fair_pick(session, None, [("a", first), ("b", second)], {}, known=base)  # type: ignore[arg-type]
+    assert torch.equal(again, mask) and recovered == [0, 1, 1]  # the incumbent's reused

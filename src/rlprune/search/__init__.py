@@ -1,8 +1,8 @@
 """The search: prune a trained CNN with the RL agent, then fine-tune and measure it.
 
 :func:`prune` sets up what every strategy shares (:class:`~rlprune.search.session.Session`),
-runs the strategy ``PruneConfig.search_strategy()`` resolves, then does the final fine-tune, measures the
-result and writes the run folder's outputs. Strategies live beside it: ``layerwise`` (Huang et
+runs the strategy ``PruneConfig.search_strategy()`` resolves, then does the final fine-tune,
+measures the result and writes the run folder's outputs. Strategies live beside it: ``layerwise`` (Huang et
 al. 2018, :mod:`rlprune.search.layerwise`) and ``joint`` (all units at once, DECORE-style,
 :mod:`rlprune.search.joint`).
 """

@@ -21,8 +21,8 @@ from rlprune.search.session import Session
 __all__ = [
     "RERANK_STREAM",
     "Choice",
-    "better_start",
     "choose",
+    "fair_pick",
     "held_out",
     "mcnemar_z",
     "recovered_hits",
@@ -81,26 +81,14 @@ def rerank(
     from the ``original`` weights, on held-out validation images; restores the original
     weights. Neither mask profits from weights the episodes trained under it, so the choice is
     between structures, and the recoveries cost what the pruned networks cost. ``start_hits``:
-    the start's recovered correctness if :func:`better_start` measured it already."""
+    the start's recovered correctness if :func:`fair_pick` measured it already."""
     scored = env.score_full(learned)
     s.model.load_state_dict(original)
     if torch.equal(start, learned):
         log.info("joint: the learnt mask is the start mask")
         return Choice(learned, "joint", scored)
-    images = held_out(s, env)
-    hits = [recovered_hits(s, env, learned, original, images)]
-    hits.append(
-        start_hits if start_hits is not None else recovered_hits(s, env, start, original, images)
-    )
-    z = mcnemar_z(hits[0], hits[1])
-    won = z > s.cfg.joint.rerank_z
-    log.info(
-        "joint: after %d recovery steps, held-out accuracy %.2f%% learnt vs %.2f%% start "
-        "(McNemar z = %.2f, needs > %.2f): keep the %s mask", s.cfg.joint.rerank_steps,
-        100 * float(hits[0].double().mean()), 100 * float(hits[1].double().mean()), z,
-        s.cfg.joint.rerank_z, "learnt" if won else "start",
-    )  # fmt: skip
-    return Choice(learned, "joint", scored) if won else Choice(start, "prior", scored)
+    mask, _ = fair_pick(s, env, [("start", start), ("learnt", learned)], original, start_hits)
+    return Choice(learned, "joint", scored) if mask is learned else Choice(start, "prior", scored)
 
 
 def recovered_hits(
@@ -139,23 +127,30 @@ def held_out(s: Session, env: JointEnv) -> tuple[torch.Tensor, torch.Tensor]:
     return perm.images[n:].to(dev), perm.labels[n:].to(dev)
 
 
-def better_start(
+def fair_pick(
     s: Session,
     env: JointEnv,
     candidates: list[tuple[str, torch.Tensor]],
     original: dict[str, torch.Tensor],
+    known: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The first of the named masks ``[N]`` unless a later one beats the incumbent after the
-    same recovery (McNemar z > ``joint.rerank_z`` on the held-out images); returns the winner
-    and its recovered correctness ``[M]``."""
+    same recovery (McNemar z > ``joint.rerank_z`` on the held-out images, so a tie keeps the
+    incumbent); ``known``: the first one's recovered correctness if measured already. Returns
+    the winner (one of the given tensors) and its recovered correctness ``[M]``."""
     images = held_out(s, env)
     name, mask = candidates[0]
-    best = recovered_hits(s, env, mask, original, images)
+    best = known if known is not None else recovered_hits(s, env, mask, original, images)
     for other, challenger in candidates[1:]:
         got = recovered_hits(s, env, challenger, original, images)
         z = mcnemar_z(got, best)
-        log.info("joint start: %s against %s, McNemar z = %.2f", other, name, z)
-        if z > s.cfg.joint.rerank_z:
+        won = z > s.cfg.joint.rerank_z
+        log.info(
+            "joint: after %d recovery steps, held-out accuracy %.2f%% %s vs %.2f%% %s "
+            "(McNemar z = %.2f, needs > %.2f): keep the %s mask", s.cfg.joint.rerank_steps,
+            100 * float(got.double().mean()), other, 100 * float(best.double().mean()), name,
+            z, s.cfg.joint.rerank_z, other if won else name,
+        )  # fmt: skip
+        if won:
             name, mask, best = other, challenger, got
-    log.info("joint start: %s", name)
     return mask, best

@@ -34,7 +34,7 @@ from rlprune.env.joint import Allocation, JointBatch, JointEnv, initial_levels
 from rlprune.errors import ConfigError, PruningError
 from rlprune.pruning import count_macs_params, group_magnitude
 from rlprune.rollouts import accuracy_stderr
-from rlprune.search.choice import Choice, better_start, choose, rerank
+from rlprune.search.choice import Choice, choose, fair_pick, rerank
 from rlprune.search.records import UnitRecord
 from rlprune.search.runtime import derive_seed
 from rlprune.search.session import Session
@@ -219,7 +219,7 @@ def uniform_or_not(
     bench/probe_allocations.py, docs/RESULTS.md)."""
     assert begin.prior is not None and begin.mask is not None
     uniform = Allocation(env, begin.prior).project(torch.zeros(len(env.units), dtype=torch.float64))
-    mask, hits_ = better_start(
+    mask, hits_ = fair_pick(
         s, env, [("global-magnitude", begin.mask), ("uniform", uniform)], original
     )
     ratios = (env.counts(mask[None])[0] / torch.tensor(env.sizes)).tolist()

@@ -3,8 +3,7 @@
 A strategy is a function ``(Session) -> list[UnitRecord]`` that prunes ``session.model`` in
 place; :func:`rlprune.search.prune` builds the session, runs the strategy
 ``PruneConfig.search_strategy()`` resolves to (which owns the whole fine-tune schedule, final
-epochs included),
-then measures and writes the outputs for all of them.
+epochs included), then measures and writes the outputs for all of them.
 """
 
 from __future__ import annotations
