@@ -4,6 +4,7 @@
     python bench/results.py run [--model M] [--seed S] # fill cells; resumable, split as you like
     python bench/results.py run --model M --seed S --target T --device cuda --runs DIR
                                                        # one piece (parallel processes: own DIR)
+    python bench/results.py run --model M --seed S --method l1-uniform   # some methods only
     python bench/results.py collect                    # summary.json + tables from the cells
 
 Each (model, target, seed, method) cell is one ``rlprune compare`` result, written as soon as
@@ -89,6 +90,7 @@ def cmd_run(
     targets: list[float] | None = None,
     device: str = "cpu",
     runs: Path = RUNS,
+    methods: list[str] | None = None,
 ) -> None:
     """Fill the cells of ``models`` x ``seeds`` x ``targets`` (default: results.yaml's), one
     ``compare`` per (seed, target), working in ``runs/<model>`` on ``device``. Each pair's cells
@@ -108,7 +110,7 @@ def cmd_run(
                     out=out,
                     targets=(float(target),),
                     seeds=1,
-                    methods=tuple(cfg["methods"]),
+                    methods=tuple(methods or cfg["methods"]),
                     prune=prune,
                     device=device,
                     quiet=not sys.stderr.isatty(),
@@ -296,6 +298,12 @@ def main(argv: list[str] | None = None) -> None:
         type=_floats,
         help="MAC target(s) of results.yaml, e.g. 0.5 or 0.5,0.3 (default: all)",
     )
+    p.add_argument(
+        "--method",
+        action="append",
+        choices=cfg["methods"],
+        help="method(s) of results.yaml (default: all); the others' cells are left as they are",
+    )
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
     p.add_argument("--runs", type=Path, default=RUNS, help=f"working folder (default: {RUNS})")
     args = p.parse_args(argv)
@@ -309,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.step in ("train", "all"):
         cmd_train(cfg, models)
     if args.step in ("run", "all"):
-        cmd_run(cfg, models, seeds, targets or None, args.device, args.runs)
+        cmd_run(cfg, models, seeds, targets or None, args.device, args.runs, args.method)
     if args.step in ("collect", "all"):
         cmd_collect(cfg)
 

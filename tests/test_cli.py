@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 import rlprune
 from rlprune import cli
-from rlprune.compare import METHODS, CompareConfig
+from rlprune.compare import DEFAULT_METHODS, METHODS, CompareConfig
 from rlprune.compare_report import command_line
 from rlprune.config import PruneConfig, TrainConfig, load_config
 
@@ -95,6 +96,17 @@ def test_compare_args_become_a_config_that_its_command_reproduces(tmp_path: Path
     command = command_line(cfg, METHODS)
     again = cli._compare_config(cli.build_parser().parse_args(shlex.split(command)[1:]))
     assert again == CompareConfig(**{**cfg.__dict__, "quiet": False})
+
+
+def test_compare_runs_rl_once_by_default(tmp_path: Path) -> None:
+    argv = ["compare", "--checkpoint", "m.pt", "--dataset", "digits", "--out", str(tmp_path)]
+    cfg = cli._compare_config(cli.build_parser().parse_args(argv))
+    assert cfg.methods == DEFAULT_METHODS == CompareConfig(Path("m.pt"), "digits", tmp_path).methods
+    assert "rl" in cfg.methods and not {"rl-joint", "rl-layerwise"} & set(cfg.methods)
+    assert set(METHODS) - set(cfg.methods) == {"rl-joint", "rl-layerwise"}
+    assert "--methods" not in command_line(cfg, DEFAULT_METHODS)
+    every = dataclasses.replace(cfg, methods=METHODS)
+    assert f"--methods {','.join(METHODS)}" in command_line(every, DEFAULT_METHODS)
 
 
 def test_demo_calls_the_typed_train_and_prune(

@@ -41,7 +41,7 @@ MAC_TARGETED = (
 
 
 def _cfg(checkpoint: Path, out: Path, *extra: str, **kw: Any) -> CompareConfig:
-    fields: dict[str, Any] = {"targets": (0.5,), "seeds": 1, "quiet": True}
+    fields: dict[str, Any] = {"targets": (0.5,), "seeds": 1, "quiet": True, "methods": METHODS}
     fields.update(kw)
     prune = load_config(PruneConfig, None, [*TINY, *extra])
     return CompareConfig(checkpoint=checkpoint, dataset="digits", out=out, prune=prune, **fields)

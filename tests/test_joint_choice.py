@@ -234,3 +234,27 @@ def test_a_later_start_replaces_the_first_only_when_significantly_better(
     assert recovered == [0, 1]
     again, _ = choice.fair_pick(session, None, [("a", first), ("b", second)], {}, known=base)  # type: ignore[arg-type]
     assert torch.equal(again, mask) and recovered == [0, 1, 1]  # the incumbent's reused
+
+
+def test_a_challenger_equal_to_the_incumbent_is_not_recovered_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import rlprune.search.choice as choice
+
+    mask = torch.tensor([1.0, 0.0, 1.0])
+    base = torch.tensor([True, False, True])
+    monkeypatch.setattr(choice, "held_out", lambda s, env: (torch.zeros(3), torch.zeros(3)))
+    recovered: list[torch.Tensor] = []
+
+    def fake(
+        s: object, env: object, m: torch.Tensor, original: object, images: object
+    ) -> torch.Tensor:
+        recovered.append(m)
+        return base
+
+    monkeypatch.setattr(choice, "recovered_hits", fake)
+    session = SimpleNamespace(cfg=SimpleNamespace(joint=JointConfig()))
+    pairs = [("global-magnitude", mask), ("uniform", mask.clone())]
+    got, hits = choice.fair_pick(session, None, pairs, {})  # type: ignore[arg-type]
+    assert got is mask and torch.equal(hits, base)
+    assert len(recovered) == 1  # the incumbent once; the equal challenger never

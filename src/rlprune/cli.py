@@ -305,13 +305,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _compare_config(args: argparse.Namespace) -> CompareConfig:
-    from rlprune.compare import METHODS, CompareConfig
+    from rlprune.compare import DEFAULT_METHODS, CompareConfig
     from rlprune.config import PruneConfig, load_config
 
     sets = list(args.set or [])
     if args.seed is not None:
         sets.append(f"seed={args.seed}")
-    asked = args.methods.split(",") if args.methods is not None else METHODS
+    asked = args.methods.split(",") if args.methods is not None else DEFAULT_METHODS
     return CompareConfig(
         checkpoint=Path(args.checkpoint),
         dataset=args.dataset,

@@ -237,7 +237,7 @@ def _add_compare(sub: Subparsers, cmd: Command) -> None:
         metavar="M1,M2",
         help="comma-separated subset of rl, rl-layerwise, rl-joint, random, l1-uniform, "
         "global-magnitude, taylor, bn-scale, l1-rl-ratios, tp-iterative, random-search "
-        "(default: all)",
+        "(default: all but rl-layerwise and rl-joint: rl runs the config's strategy)",
     )
     _config_args(c, _SEARCH_KEYS, "--set finetune_steps=50")
     _run_args(c)

@@ -76,6 +76,7 @@ from rlprune.pruning import count_macs_params, find_units, measure_latency
 from rlprune.train import evaluate
 
 __all__ = [
+    "DEFAULT_METHODS",
     "METHODS",
     "REGISTRY",
     "CellContext",
@@ -129,6 +130,12 @@ REGISTRY: dict[str, Method] = {
 METHODS: tuple[str, ...] = tuple(REGISTRY)
 """Every method name ``CompareConfig.methods`` accepts."""
 
+DEFAULT_METHODS: tuple[str, ...] = tuple(
+    m for m in METHODS if m not in ("rl-layerwise", "rl-joint")
+)
+"""What ``compare`` runs unless told: ``rl`` once, with the config's strategy (``auto``: the
+joint search for a MAC budget), not again under its strategy's own name."""
+
 
 # ----------------------------------------------------------------------------- config, result
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +148,7 @@ class CompareConfig:
     out: Path
     targets: tuple[float, ...] = (0.5, 0.3)
     seeds: int = 3
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     prune: PruneConfig = dataclasses.field(default_factory=PruneConfig)
     data_dir: Path | None = None
     download: bool = False
@@ -377,7 +384,7 @@ def _report(
     results = {m: {f"{t:g}": store.rows(m, t) for t in cfg.targets} for m in methods}
     seeds = sorted({r["seed"] for per in results.values() for rs in per.values() for r in rs})
     return {
-        "command": command_line(cfg, METHODS),  # --methods only if not the default set
+        "command": command_line(cfg, DEFAULT_METHODS),  # --methods only if not the default set
         "machine": machine_info(),
         "config": config_to_dict(cfg.prune),
         "n_units": setup.n_units,

@@ -70,9 +70,10 @@ def _config_sets(cfg: Any, default: Any, prefix: str = "") -> Iterator[str]:
             yield f"{prefix}{key}={text}"
 
 
-def command_line(cfg: CompareConfig, all_methods: Sequence[str]) -> str:
-    """The ``rlprune compare`` command line that reproduces ``cfg`` (the search config as
-    ``--set`` items for each value that differs from the default)."""
+def command_line(cfg: CompareConfig, default_methods: Sequence[str]) -> str:
+    """The ``rlprune compare`` command line that reproduces ``cfg`` (``--methods`` unless they
+    are ``default_methods``; the search config as ``--set`` items for each value that differs
+    from the default)."""
     cmd = ["rlprune", "compare", "--checkpoint", str(cfg.checkpoint), "--dataset", cfg.dataset]
     if cfg.data_dir is not None:
         cmd += ["--data-dir", str(cfg.data_dir)]
@@ -84,7 +85,7 @@ def command_line(cfg: CompareConfig, all_methods: Sequence[str]) -> str:
         cmd += ["--data-max-mb", f"{cfg.data_max_mb:g}"]
     targets = ",".join(f"{t:g}" for t in cfg.targets)
     cmd += ["--out", str(cfg.out), "--targets", targets, "--seeds", str(cfg.seeds)]
-    if list(cfg.methods) != list(all_methods):
+    if list(cfg.methods) != list(default_methods):
         cmd += ["--methods", ",".join(cfg.methods)]
     for item in _config_sets(cfg.prune, PruneConfig()):
         cmd += ["--set", item]

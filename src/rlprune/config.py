@@ -301,7 +301,8 @@ class JointConfig:
     sigma: float = 0.25
     # Before the episodes, let the uniform allocation (the same ranking) challenge global
     # magnitude's mask by the final choice's rule; the winner is where the policy starts.
-    start_uniform: bool = False
+    # Global ranking starves some units that uniform keeps (resnet20 at 0.3x MACs: +0.27 pp).
+    start_uniform: bool = True
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "joint.steps", f"must be >= 1, got {self.steps}")

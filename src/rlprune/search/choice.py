@@ -142,6 +142,9 @@ def fair_pick(
     name, mask = candidates[0]
     best = known if known is not None else recovered_hits(s, env, mask, original, images)
     for other, challenger in candidates[1:]:
+        if torch.equal(challenger, mask):  # the same structure: nothing to recover twice
+            log.info("joint: the %s mask is the %s mask", other, name)
+            continue
         got = recovered_hits(s, env, challenger, original, images)
         z = mcnemar_z(got, best)
         won = z > s.cfg.joint.rerank_z
