@@ -268,7 +268,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     _check_writable(out.parent if str(out.parent) else Path("."))
     set_layout(model, not args.nchw)
     t0 = time.perf_counter()
-    lut = profile_latency(model, spec.example_input(), batches, args.threads, args.runtime)
+    lut = profile_latency(
+        model, spec.example_input(), batches, args.threads, args.runtime, clock=args.clock
+    )
     lut.save(out)
     for b, table in sorted(lut.tables.items()):
         errs = [abs(p / m - 1) for _, m, p in table.calibration]
@@ -277,7 +279,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
             f"ms measured, fit within {max(errs):.1%} at uniform cuts"
         )
     print(
-        f"{lut.machine['cpu']}, {lut.runtime}, {lut.threads} thread(s); "
+        f"{lut.machine['cpu']}, {lut.runtime}, {lut.threads} thread(s), {lut.clock} clock; "
         f"{time.perf_counter() - t0:.0f} s -> {out}"
     )
     return 0

@@ -266,6 +266,13 @@ def _add_profile(sub: Subparsers, cmd: Command) -> None:
         "Runtime (default: torch)",
     )
     p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="what is timed: elapsed time, or the CPU time of the one timing thread (needs "
+        "--threads 1; steadier on a shared machine) (default: wall)",
+    )
+    p.add_argument(
         "--nchw", action="store_true", help="time in NCHW, not NHWC (default: NHWC, as searched)"
     )
     p.set_defaults(func=cmd)

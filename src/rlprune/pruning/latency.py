@@ -15,8 +15,15 @@ measurements (full width and uniform cuts) so that the un-timed functional ops a
 overheads are accounted for. Measuring the tables: :mod:`rlprune.pruning.profile`.
 
 The table is a JSON file (:meth:`LatencyLUT.save` / :meth:`LatencyLUT.load`) that records where
-it was made (CPU, threads, batch, runtime, torch) and which model it fits (unit names and widths,
-input shape); :meth:`LatencyLUT.check_fits` refuses it for any other model.
+it was made (CPU, threads, batch, runtime, clock, torch) and which model it fits (unit names and
+widths, input shape); :meth:`LatencyLUT.check_fits` refuses it for any other model.
+
+Clocks (:data:`Clock`): ``wall`` is elapsed time (``time.perf_counter``), what a user waits for;
+``cpu`` is the CPU time of the calling thread (``time.thread_time``). On a shared machine the
+CPU clock leaves out the time the scheduler or the hypervisor gives the core to someone else,
+so it swings less between measurements; it still includes cache and memory-bandwidth
+contention. It counts only work done in the calling thread, so it is refused unless the
+measurement runs on one thread on the CPU (:func:`check_clock`).
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from __future__ import annotations
 import bisect
 import json
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,18 +42,24 @@ import torch
 from rlprune.errors import ConfigError
 
 __all__ = [
+    "CLOCKS",
     "LUT_FORMAT",
     "LUT_VERSION",
+    "Clock",
     "CostCurve",
     "LatencyLUT",
     "LatencyModel",
     "LatencyTable",
     "LayerTerm",
     "Runtime",
+    "check_clock",
+    "clock_reader",
     "round_count",
 ]
 
 Runtime = Literal["torch", "export", "onnxruntime"]
+Clock = Literal["wall", "cpu"]
+CLOCKS: tuple[Clock, ...] = ("wall", "cpu")
 LUT_FORMAT = "rlprune-latency-table"
 LUT_VERSION = 1
 _MAX_LUT_BYTES = 32 << 20
@@ -62,6 +76,30 @@ def round_count(kept: int, channels: int, multiple: int, need: int = 1) -> int:
         return min(max(kept, need), channels)
     options = [m for m in range(multiple, channels + 1, multiple) if m >= need] + [channels]
     return min(options, key=lambda m: (abs(m - kept), -m))
+
+
+def check_clock(clock: str, threads: int, cuda: bool = False) -> None:
+    """Raise :class:`ConfigError` (one line) unless ``clock`` can time this measurement.
+
+    The CPU clock counts the calling thread only: with more threads the workers' share is
+    missed, and a CUDA kernel runs on the GPU while the thread waits. One thread means one
+    torch thread, or ONNX Runtime with ``intra_op_num_threads=1``, which runs its kernels in the
+    calling thread (checked on ORT 1.32: it starts no worker thread, and the thread's CPU time
+    equals the process's).
+    """
+    if clock not in CLOCKS:
+        raise ConfigError(f"clock must be one of {', '.join(CLOCKS)}, got {str(clock)[:20]!r}")
+    if clock == "cpu" and cuda:
+        raise ConfigError("clock=cpu times the CPU thread, not CUDA kernels: use clock=wall")
+    if clock == "cpu" and threads != 1:
+        raise ConfigError(
+            f"clock=cpu counts the calling thread only: use 1 thread, not {threads} (or clock=wall)"
+        )
+
+
+def clock_reader(clock: Clock) -> Callable[[], float]:
+    """Seconds on ``clock``: ``time.perf_counter`` (wall) or ``time.thread_time`` (cpu)."""
+    return time.perf_counter if clock == "wall" else time.thread_time
 
 
 def _interp(grid: tuple[int, ...], x: float) -> tuple[int, int, float]:
@@ -236,6 +274,9 @@ class LatencyLUT:
         machine: CPU model and flags, platform, torch version.
         runtime, threads: how it was timed. probes: the keep fractions of the probe grid.
         tables: batch size -> :class:`LatencyTable`.
+        clock: what its milliseconds are (``wall`` or ``cpu``, see :data:`Clock`); latencies
+            compared with its predictions must be measured on the same clock (and threads,
+            runtime). Tables written before the field existed are ``wall``.
     """
 
     units: dict[str, int]
@@ -245,6 +286,7 @@ class LatencyLUT:
     threads: int
     probes: tuple[float, ...]
     tables: dict[int, LatencyTable]
+    clock: Clock = "wall"
 
     def model(self, batch: int) -> LatencyModel:
         if batch not in self.tables:
@@ -280,7 +322,8 @@ class LatencyLUT:
         return {
             "format": LUT_FORMAT, "version": LUT_VERSION, "units": self.units,
             "input_shape": list(self.input_shape), "machine": self.machine,
-            "runtime": self.runtime, "threads": self.threads, "probes": list(self.probes),
+            "runtime": self.runtime, "threads": self.threads, "clock": self.clock,
+            "probes": list(self.probes),
             "tables": {str(b): t.to_dict() for b, t in sorted(self.tables.items())},
         }  # fmt: skip
 
@@ -295,13 +338,16 @@ class LatencyLUT:
             raise ValueError("units must map names to channel counts")
         if d["runtime"] not in ("torch", "export", "onnxruntime"):
             raise ValueError("unknown runtime")
+        clock = d.get("clock", "wall")  # tables from before the field were timed on the wall
+        if clock not in CLOCKS:
+            raise ValueError("unknown clock")
         tables = {int(b): LatencyTable.from_dict(t) for b, t in d["tables"].items()}
         if not tables or any(t.batch != b for b, t in tables.items()):
             raise ValueError("tables must be keyed by their batch size")
         shape = _ints(d["input_shape"], "input_shape")
         probes = tuple(_num(p, "probes") for p in d["probes"])
         machine = d["machine"] if isinstance(d["machine"], dict) else {}
-        return cls(units, shape, machine, d["runtime"], int(d["threads"]), probes, tables)
+        return cls(units, shape, machine, d["runtime"], int(d["threads"]), probes, tables, clock)
 
     def save(self, path: str | Path) -> Path:
         from rlprune.checkpoint import atomic_write

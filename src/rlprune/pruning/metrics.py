@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import statistics
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import torch_pruning as tp
 from torch import nn
 
 from rlprune.errors import PruningError
+from rlprune.pruning.latency import Clock, check_clock, clock_reader
 from rlprune.pruning.surgery import remove_channels
 from rlprune.pruning.units import Unit
 
@@ -27,7 +29,10 @@ __all__ = [
     "count_macs_params",
     "file_size",
     "measure_latency",
+    "time_calls",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
@@ -162,17 +167,56 @@ class UnitMacs:
         return total
 
 
+def _nothing() -> None:
+    return None
+
+
+def time_calls(
+    fn: Callable[[], object],
+    runs: int,
+    warmup: int,
+    clock: Clock = "wall",
+    sync: Callable[[], object] = _nothing,
+) -> list[float]:
+    """Milliseconds of each of ``runs`` calls of ``fn()`` on ``clock``, after ``warmup`` calls.
+
+    ``sync`` is called before and after each timed call (CUDA: ``torch.cuda.synchronize``).
+    With the CPU clock, work done by another thread of the process would go uncounted: if the
+    process spent clearly more CPU time than the calling thread, a warning says so.
+    """
+    for _ in range(warmup):
+        fn()
+    now = clock_reader(clock)
+    times = []
+    start = time.process_time()
+    for _ in range(runs):
+        sync()
+        t = now()
+        fn()
+        sync()
+        times.append((now() - t) * 1e3)
+    process_ms = (time.process_time() - start) * 1e3
+    if clock == "cpu" and process_ms > 1.0 and sum(times) < 0.8 * process_ms:
+        log.warning(
+            "clock=cpu: the calling thread did %.0f%% of the process's CPU work; the rest ran "
+            "in other threads and is not counted",
+            100 * sum(times) / process_ms,
+        )
+    return times
+
+
 @dataclass(frozen=True)
 class LatencyStats:
-    """Latency summary in milliseconds over ``runs`` timed forward passes."""
+    """Latency summary in milliseconds over ``runs`` timed forward passes on ``clock``."""
 
     batch: int
     median_ms: float
     iqr_ms: float
     runs: int
     threads: int
+    clock: Clock = "wall"
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | str]:
         return asdict(self)
 
 
@@ -184,35 +228,32 @@ def measure_latency(
     runs: int = 30,
     warmup: int = 5,
     threads: int | None = None,
+    clock: Clock = "wall",
 ) -> LatencyStats:
-    """Median and inter-quartile range of the forward time at ``batch``.
+    """Median and inter-quartile range of the forward time at ``batch`` on ``clock``.
 
     The thread count is fixed for the measurement (and restored afterwards) so that numbers
     compare across models; warm-up runs let the allocator and oneDNN settle.
+
+    Raises:
+        ConfigError: ``clock="cpu"`` with other than 1 thread, or on CUDA (one line).
     """
     old = torch.get_num_threads()
     n = threads or old
+    x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
+    check_clock(clock, n, x.is_cuda)
     torch.set_num_threads(n)
     try:
         was_training = model.training
         model.eval()
-        x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
         # CUDA kernels run asynchronously: synchronise around each timed pass.
-        sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-        for _ in range(warmup):
-            model(x)
-        times = []
-        for _ in range(runs):
-            sync()
-            t = time.perf_counter()
-            model(x)
-            sync()
-            times.append((time.perf_counter() - t) * 1e3)
+        sync = torch.cuda.synchronize if x.is_cuda else _nothing
+        times = time_calls(lambda: model(x), runs, warmup, clock, sync)
         model.train(was_training)
     finally:
         torch.set_num_threads(old)
     q = statistics.quantiles(times, n=4)
-    return LatencyStats(batch, statistics.median(times), q[2] - q[0], runs, n)
+    return LatencyStats(batch, statistics.median(times), q[2] - q[0], runs, n, clock)
 
 
 def file_size(path: str | Path) -> int:

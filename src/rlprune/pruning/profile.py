@@ -14,6 +14,8 @@
 
 Per-layer tables are timed in eager torch for every runtime; the runtime enters through the
 whole-model calibration (and the measured latencies the report compares predictions with).
+Every timing reads one clock (:data:`~rlprune.pruning.latency.Clock`): wall time by default, or
+the calling thread's CPU time (1 thread only), which a busy shared machine disturbs less.
 """
 
 from __future__ import annotations
@@ -36,7 +38,15 @@ from rlprune.errors import PruningError
 from rlprune.machine import cpu_summary
 from rlprune.models import is_channels_last, set_layout
 from rlprune.pruning.importance import filter_l1
-from rlprune.pruning.latency import LatencyLUT, LatencyTable, LayerTerm, Runtime
+from rlprune.pruning.latency import (
+    Clock,
+    LatencyLUT,
+    LatencyTable,
+    LayerTerm,
+    Runtime,
+    check_clock,
+)
+from rlprune.pruning.metrics import time_calls
 from rlprune.pruning.surgery import remove_channels
 from rlprune.pruning.units import Unit
 from rlprune.pruning.verify import find_units
@@ -123,16 +133,9 @@ def _channelwise(mod: nn.Module) -> bool:
     return not isinstance(mod, nn.Linear)
 
 
-def _time(fn: Callable[[], Any], runs: int, warmup: int) -> float:
-    """Median milliseconds of ``fn()`` over ``runs`` calls after ``warmup``."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+def _time(fn: Callable[[], Any], runs: int, warmup: int, clock: Clock = "wall") -> float:
+    """Median milliseconds of ``fn()`` on ``clock`` over ``runs`` calls after ``warmup``."""
+    return statistics.median(time_calls(fn, runs, warmup, clock))
 
 
 def _grid(full: int, slopes: dict[str, float], probes: Sequence[float]) -> tuple[int, ...]:
@@ -156,7 +159,7 @@ def _step_grid(full: int, slopes: dict[str, float], step: int) -> tuple[int, ...
 @torch.inference_mode()
 def _term(name: str, mod: nn.Module, call: tuple[str, tuple[int, ...], tuple[int, ...]],
           slopes: tuple[dict[str, float], dict[str, float]], batch: int, nhwc: bool,
-          probes: Sequence[float], step: int, runs: int) -> LayerTerm | None:  # fmt: skip
+          probes: Sequence[float], step: int, runs: int, clock: Clock) -> LayerTerm | None:  # fmt: skip
     """The timed grid of one layer call (None if the layer cannot be rebuilt)."""
     _, shape_in, shape_out = call
     a0, b0 = shape_in[1], shape_out[1]
@@ -176,7 +179,7 @@ def _term(name: str, mod: nn.Module, call: tuple[str, tuple[int, ...], tuple[int
             x = torch.randn(batch, a, *shape_in[2:])
             if nhwc and x.dim() == 4:
                 x, layer = x.contiguous(memory_format=torch.channels_last), set_layout(layer, True)
-            row.append(_time(functools.partial(layer.eval(), x), runs, max(2, runs // 4)))
+            row.append(_time(functools.partial(layer.eval(), x), runs, max(2, runs // 4), clock))
         rows.append(tuple(row))
     return LayerTerm(name, a0, b0, a_sl, b_sl, a_grid, b_grid, tuple(rows))
 
@@ -197,8 +200,15 @@ def uniform_cut(
 
 
 def measure_runtime(model: nn.Module, example: torch.Tensor, batch: int, threads: int,
-                    runtime: Runtime = "torch", runs: int = 20) -> float:  # fmt: skip
-    """Median ms of a whole forward at ``batch`` with ``threads`` threads in ``runtime``."""
+                    runtime: Runtime = "torch", runs: int = 20, clock: Clock = "wall") -> float:  # fmt: skip
+    """Median ms of a whole forward at ``batch`` with ``threads`` threads in ``runtime``, on
+    ``clock`` (compare a table's predictions with measurements on the table's clock).
+
+    Raises:
+        ConfigError: ``clock="cpu"`` with other than 1 thread, or on CUDA (one line).
+    """
+    cuda = example.is_cuda or any(p.is_cuda for p in model.parameters())
+    check_clock(clock, threads, cuda)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     x = (
@@ -213,7 +223,7 @@ def measure_runtime(model: nn.Module, example: torch.Tensor, batch: int, threads
     try:
         fn = _runner(model.eval(), example, x, threads, runtime)
         with torch.inference_mode():
-            return _time(fn, runs, max(3, runs // 4))
+            return _time(fn, runs, max(3, runs // 4), clock)
     finally:
         torch.set_num_threads(old)
 
@@ -271,12 +281,13 @@ def _fit(points: list[tuple[float, float, float]]) -> tuple[float, float]:
 
 def _table(model: nn.Module, units: list[Unit], example: torch.Tensor, batch: int, threads: int,
            runtime: Runtime, probes: Sequence[float], step: int, runs: int,
-           cuts: dict[float, nn.Module]) -> LatencyTable:  # fmt: skip
+           cuts: dict[float, nn.Module], clock: Clock) -> LatencyTable:  # fmt: skip
     calls = _calls(model, example)
     slopes = _slopes(model, units, example, calls)
     mods = dict(model.named_modules())
     seen: dict[str, int] = {}
     terms = []
+    nhwc = is_channels_last(model)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -284,9 +295,7 @@ def _table(model: nn.Module, units: list[Unit], example: torch.Tensor, batch: in
             name = call[0]
             seen[name] = seen.get(name, 0) + 1
             label = name if seen[name] == 1 else f"{name}#{seen[name]}"
-            term = _term(
-                label, mods[name], call, sl, batch, is_channels_last(model), probes, step, runs
-            )
+            term = _term(label, mods[name], call, sl, batch, nhwc, probes, step, runs, clock)
             if term is None:
                 log.warning("%s: cannot be rebuilt at other widths; left to the calibration", name)
             else:
@@ -298,7 +307,7 @@ def _table(model: nn.Module, units: list[Unit], example: torch.Tensor, batch: in
     points = []
     for frac, cut in cuts.items():
         counts = {u.name: max(1, round(frac * u.channels)) for u in units}
-        measured = measure_runtime(cut, example, batch, threads, runtime, runs)
+        measured = measure_runtime(cut, example, batch, threads, runtime, runs, clock)
         points.append((frac, measured, table.raw(counts, full)))
     scale, offset = _fit(points)
     cal = tuple((f, m, offset + scale * r) for f, m, r in points)
@@ -308,7 +317,8 @@ def _table(model: nn.Module, units: list[Unit], example: torch.Tensor, batch: in
 def profile_latency(model: nn.Module, example: torch.Tensor, batches: Sequence[int] = (1, 64),
                     threads: int | None = None, runtime: Runtime = "torch",
                     probes: Sequence[float] = PROBES, step: int = 8, runs: int = 10,
-                    calibration: Sequence[float] = CALIBRATION) -> LatencyLUT:  # fmt: skip
+                    calibration: Sequence[float] = CALIBRATION,
+                    clock: Clock = "wall") -> LatencyLUT:  # fmt: skip
     """Measure the latency table of ``model`` (any layout; its own is kept) on this machine.
 
     Args:
@@ -322,14 +332,21 @@ def profile_latency(model: nn.Module, example: torch.Tensor, batches: Sequence[i
         step: output widths are probed at every multiple of ``step`` and one above it.
         runs: timed calls per grid point and per whole-model measurement (median).
         calibration: uniform keep fractions of the whole-model fit (1.0 is always added).
+        clock: ``wall`` (elapsed) or ``cpu`` (the calling thread's CPU time; needs 1 thread).
+
+    Raises:
+        ConfigError: ``clock="cpu"`` with other than 1 thread, or on CUDA (one line).
     """
+    n = threads or torch.get_num_threads()
+    cuda = example.is_cuda or any(p.is_cuda for p in model.parameters())
+    check_clock(clock, n, cuda)
     model = copy.deepcopy(model).eval()
     units = find_units(model, example)
-    n = threads or torch.get_num_threads()
     cuts = {f: uniform_cut(model, example, f) for f in sorted({1.0, *calibration}, reverse=True)}
     t0 = time.perf_counter()
     tables = {
-        b: _table(model, units, example, b, n, runtime, probes, step, runs, cuts) for b in batches
+        b: _table(model, units, example, b, n, runtime, probes, step, runs, cuts, clock)
+        for b in batches
     }
     log.info(
         "latency table: %d batch size(s) profiled in %.0f s", len(tables), time.perf_counter() - t0
@@ -342,5 +359,5 @@ def profile_latency(model: nn.Module, example: torch.Tensor, batches: Sequence[i
     }
     return LatencyLUT(
         {u.name: u.channels for u in units}, tuple(example.shape[1:]), machine, runtime, n,
-        tuple(sorted({*probes, 1.0})), tables,
+        tuple(sorted({*probes, 1.0})), tables, clock,
     )  # fmt: skip
