@@ -19,6 +19,10 @@ runs/latency_aware/ resume too). ``collect`` writes docs/LATENCY.md from the cel
     .venv/bin/python bench/latency_aware.py collect
     .venv/bin/python bench/latency_aware.py rounding --model vgg-small [--threads 1]
     .venv/bin/python bench/latency_aware.py remeasure --model vgg-small --seed 0 [--threads 1]
+
+``--clock cpu`` (with ``--threads 1``) profiles a new table on the timing thread's CPU time;
+every latency compared with a table's prediction, or with another model's, is measured on the
+table's clock.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from rlprune.config import PruneConfig, RewardConfig
 from rlprune.data import load_dataset
 from rlprune.models import set_layout
 from rlprune.pruning import count_macs_params
-from rlprune.pruning.latency import LatencyLUT
+from rlprune.pruning.latency import Clock, LatencyLUT
 from rlprune.pruning.profile import cpu_info, measure_runtime, profile_latency
 from rlprune.search import prune
 
@@ -56,12 +60,15 @@ ANALYSIS = "<!-- analysis (kept by collect) -->"
 TOLERANCE = 0.03  # equal measured latency: the latency-aware model within 3% of the MACs-aware
 
 
-def _lut(model: nn.Module, example: torch.Tensor, name: str, threads: int) -> Path:
+def _lut(model: nn.Module, example: torch.Tensor, name: str, threads: int, clock: Clock) -> Path:
     path = CELLS / f"{name}_lut.json"
     if not path.exists():
         t0 = time.perf_counter()
-        profile_latency(model, example, BATCHES, threads).save(path)
+        profile_latency(model, example, BATCHES, threads, clock=clock).save(path)
         print(f"{name}: latency table profiled in {time.perf_counter() - t0:.0f} s -> {path}")
+    have = LatencyLUT.load(path).clock
+    if have != clock:
+        raise SystemExit(f"{path} was timed on the {have} clock, not {clock}: pass --clock {have}")
     return path
 
 
@@ -69,7 +76,9 @@ def _measure(model: nn.Module, lut: LatencyLUT, counts: dict[str, int], example:
              threads: int, runs: int) -> dict[str, Any]:  # fmt: skip
     out: dict[str, Any] = {"macs": count_macs_params(model, example)[0]}
     for b in BATCHES:
-        out[f"b{b}_measured_ms"] = measure_runtime(model, example, b, threads, "torch", runs)
+        out[f"b{b}_measured_ms"] = measure_runtime(
+            model, example, b, threads, "torch", runs, lut.clock
+        )
         out[f"b{b}_predicted_ms"] = lut.model(b)(counts)
     return out
 
@@ -100,10 +109,11 @@ def run(args: argparse.Namespace) -> None:
     assert spec is not None
     example = spec.example_input()
     set_layout(base, True).eval()
-    lut_path = _lut(base, example, name, t)
+    lut_path = _lut(base, example, name, t, args.clock)
     lut = LatencyLUT.load(lut_path)
     full = dict(lut.units)
-    row: dict[str, Any] = {"model": name, "seed": seed, "threads": t, "cpu": cpu_info(),
+    row: dict[str, Any] = {"model": name, "seed": seed, "threads": t, "clock": lut.clock,
+                           "cpu": cpu_info(),
                            "torch": torch.__version__, "target_macs": args.target_macs,
                            "baseline": _measure(base, lut, full, example, t, args.runs)}  # fmt: skip
     macs_reward = RewardConfig(mode="budget", target_macs=args.target_macs)
@@ -125,7 +135,7 @@ def run(args: argparse.Namespace) -> None:
         model, counts, acc = _search(name, seed, kind, lat_reward, args)
         row["latency_aware"] = {"test_acc": acc, "kept": counts,
                                 **_measure(model, lut, counts, example, t, args.runs)}  # fmt: skip
-        miss = _paired_ratio(model, macs_model, example, t, args.runs)
+        miss = _paired_ratio(model, macs_model, example, t, args.runs, lut.clock)
         row["latency_aware"]["paired_b64_ratio"] = miss
         if abs(miss - 1) <= TOLERANCE:
             break
@@ -137,13 +147,13 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _paired_ratio(a: nn.Module, b: nn.Module, example: torch.Tensor, threads: int, runs: int,
-                  rounds: int = 4) -> float:  # fmt: skip
+                  clock: Clock, rounds: int = 4) -> float:  # fmt: skip
     """Batch-64 latency of ``a`` over ``b``, timed in alternation (median of the rounds'
     ratios): two models timed minutes apart differ by the machine's drift, not only theirs."""
     ratios = []
     for _ in range(rounds):
-        ta = measure_runtime(a, example, 64, threads, "torch", runs)
-        ratios.append(ta / measure_runtime(b, example, 64, threads, "torch", runs))
+        ta = measure_runtime(a, example, 64, threads, "torch", runs, clock)
+        ratios.append(ta / measure_runtime(b, example, 64, threads, "torch", runs, clock))
     return statistics.median(ratios)
 
 
@@ -162,7 +172,7 @@ def _side_by_side(row: dict[str, Any], base: nn.Module, kinds: tuple[str, str], 
         for key, net in models.items():
             set_layout(net, True).eval()
             for b in BATCHES:
-                ms = measure_runtime(net, example, b, args.threads, "torch", args.runs)
+                ms = measure_runtime(net, example, b, args.threads, "torch", args.runs, lut.clock)
                 times.setdefault((key, b), []).append(ms)
     for key in models:
         m = row[key]
@@ -231,7 +241,8 @@ def collect(args: argparse.Namespace) -> None:
                      f"{statistics.fmean(b):.2f}% | {statistics.fmean(b) - statistics.fmean(a):+.2f} |")  # fmt: skip
     if rows:
         r0 = rows[0]
-        lines += ["", f"CPU: {r0['cpu']}; {r0['threads']} thread(s); torch {r0['torch']}; "
+        lines += ["", f"CPU: {r0['cpu']}; {r0['threads']} thread(s); "
+                  f"{r0.get('clock', 'wall')} clock; torch {r0['torch']}; "
                   f"MAC target {r0['target_macs']}; latency target = the MACs-aware model's predicted "
                   "batch-64 latency ratio (one corrected rerun when the measured latency misses it by > 3%).",
                   "Command: `.venv/bin/python bench/latency_aware.py run --model M --seed S "
@@ -260,7 +271,7 @@ def rounding(args: argparse.Namespace) -> None:
     else:  # no cell yet: 45% of every unit
         counts = {
             n: max(1, round(0.45 * c))
-            for n, c in LatencyLUT.load(_lut(base, example, name, t)).units.items()
+            for n, c in LatencyLUT.load(_lut(base, example, name, t, args.clock)).units.items()
         }
     print(
         f"{name}, {cpu_info()}, {t} thread(s), kept counts of {cells[0].name if cells else '45% per unit'}"
@@ -274,7 +285,7 @@ def rounding(args: argparse.Namespace) -> None:
     for _ in range(6):  # interleaved rounds: this VM's speed drifts over minutes
         for m, model in models.items():
             for b in BATCHES:
-                ms = measure_runtime(model, example, b, t, "torch", args.runs)
+                ms = measure_runtime(model, example, b, t, "torch", args.runs, args.clock)
                 times.setdefault((m, b), []).append(ms)
     print("| round_to | MACs | b1 ms | b64 ms | b64 ms per MMAC |\n|---:|---:|---:|---:|---:|")
     for m, model in models.items():
@@ -290,6 +301,8 @@ def main() -> None:
     p.add_argument("--model", default="vgg-small", choices=["vgg-small", "resnet20"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="threads of every timing")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="clock of a new table and of the timings (cpu: --threads 1)")  # fmt: skip
     p.add_argument("--target-macs", type=float, default=0.5)
     p.add_argument("--runs", type=int, default=30, help="timed passes per measurement")
     p.add_argument("--max-train", type=int, default=None, help="smoke runs: fewer images")
