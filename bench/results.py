@@ -169,6 +169,7 @@ def tables(cfg: dict[str, Any], cells: dict[str, Any]) -> str:
             )
             for t in targets
         }
+        usual = {t: _usual_device(per_target.get(t, {})) for t in targets}
         for method in cfg["methods"]:
             row = []
             for t in targets:
@@ -181,8 +182,16 @@ def tables(cfg: dict[str, Any], cells: dict[str, Any]) -> str:
                     text = f"**{text}**"
                 if not all(r["macs_within_tolerance"] for r in rows):
                     text += " †"
+                if any(r.get("device", "cpu") != usual[t] for r in rows):
+                    text += " ‡"
                 row.append(text)
             lines.append(f"| {method} | " + " | ".join(row) + " |")
+        if any("‡" in line for line in lines):
+            lines += [
+                "",
+                "‡ some of its seeds ran on another device than most of its column's cells: "
+                + "; ".join(f"{t}×: mostly {usual[t]}" for t in targets if usual[t]),
+            ]
         lines += [
             "",
             "Search / fine-tune wall seconds (mean over seeds; rl's search time includes "
@@ -205,6 +214,15 @@ def tables(cfg: dict[str, Any], cells: dict[str, Any]) -> str:
         cpus = sorted({r.get("cpu", "?") for r in rows})
         lines += ["", f"CPUs: {'; '.join(cpus)}. Devices: {'; '.join(_devices(rows))}", ""]
     return "\n".join(lines)
+
+
+def _usual_device(per_method: dict[str, list[dict[str, Any]]]) -> str:
+    """The device most of these cells ran on ('' if none)."""
+    seen: dict[str, int] = {}
+    for rows in per_method.values():
+        for r in rows:
+            seen[r.get("device", "cpu")] = seen.get(r.get("device", "cpu"), 0) + 1
+    return max(sorted(seen), key=lambda d: seen[d], default="")
 
 
 def _devices(rows: list[dict[str, Any]]) -> list[str]:

@@ -70,6 +70,7 @@ def test_collect_reports_every_seed_and_the_standard_error(
     table = (docs / "tables.md").read_text()
     se = 1.0 / math.sqrt(3)  # stdev of 90, 91, 92 is 1
     assert f"| rl | 91.00 ± {se:.2f} (n=3) | — |" in table
-    assert "| late | **93.00 (n=1)** † | — |" in table
+    assert "| late | **93.00 (n=1)** † ‡ | — |" in table  # off target, on another device
+    assert "‡ some of its seeds ran on another device" in table and "0.5×: mostly cpu" in table
     assert "| rl | 20 / 5 | — |" in table  # mean search / fine-tune seconds
     assert "CPUs: Test CPU (avx2). Devices: cpu (3 cells); cuda: Test GPU (1 cell)" in table
