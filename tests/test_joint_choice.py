@@ -134,6 +134,29 @@ def test_joint_allocation_with_rerank_runs_and_hits_the_target(  # type: ignore[
     assert {u.chosen for u in res.units} <= {"joint", "prior"}
 
 
+def test_joint_allocation_keeps_multiples_of_round_to_within_the_target(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from rlprune.search import prune
+    from tests.test_search_pin import TwoUnitToy
+
+    cfg = _joint_cfg(lr=0.05, steps=4)
+    joint = dataclasses.replace(
+        cfg.joint, init="global-magnitude", action="allocation", rerank_steps=2
+    )
+    reward = dataclasses.replace(cfg.reward, target_macs=0.6)
+    cfg = dataclasses.replace(
+        cfg, joint=joint, reward=reward, finetune_steps=4, batch_size=32, round_to=4,
+        strategy="auto",
+    )  # fmt: skip
+    assert cfg.search_strategy() == "joint"
+    res = prune(
+        TwoUnitToy(), toy_split(256, 0), toy_split(300, 1), cfg, test=toy_split(200, 2),
+        out_dir=tmp_path / "round",
+    )  # fmt: skip
+    assert res.strategy == "joint"
+    assert all(u.channels_after % 4 == 0 for u in res.units)  # 4 or 8 of each unit's 8
+    assert res.pruned.macs <= cfg.reward.target_macs * res.baseline.macs
+
+
 def test_mcnemar_z_by_hand() -> None:
     from rlprune.search.choice import mcnemar_z
 
@@ -179,9 +202,9 @@ def test_auto_strategy_is_joint_for_mac_budgets_in_one_process_only() -> None:
     for walk_only in (
         PruneConfig(reward=RewardConfig(mode="budget", target_macs=0.5, project=True)),
         PruneConfig(reward=RewardConfig(mode="budget", target_macs=0.5, efficiency="filters")),
-        PruneConfig(reward=macs, round_to=8),
     ):
         assert walk_only.search_strategy() == "layerwise"
+    assert PruneConfig(reward=macs, round_to=8).search_strategy() == "joint"
 
 
 def test_auto_walks_layer_by_layer_where_the_joint_start_misses_the_target(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -357,13 +357,12 @@ class PruneConfig:
         """The strategy that runs. ``auto``: the joint search for plain MAC budgets in one
         process (above the layer-wise walk at every target of docs/RESULTS.md, in a fraction of
         its time); the layer-wise walk otherwise: accuracy-bounded and AMC modes, filter or
-        latency efficiency, ``reward.project`` and ``round_to`` (settings the walk reads),
-        torchrun."""
+        latency efficiency, ``reward.project`` (settings the walk reads), torchrun."""
         if self.strategy != "auto":
             return self.strategy
         r = self.reward
         plain = r.mode == "budget" and r.efficiency == "macs" and not r.project
-        return "joint" if plain and self.round_to == 1 and not distributed else "layerwise"
+        return "joint" if plain and not distributed else "layerwise"
 
     def __post_init__(self) -> None:
         _check_choice(self.strategy, SearchStrategy, "strategy")

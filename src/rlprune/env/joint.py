@@ -360,7 +360,8 @@ def largest_shift(
 
 class Allocation:
     """Masks from per-unit keep-ratio logits ``a [K, U]``: unit u keeps its
-    ``round(sigmoid(a_u) * C_u)`` filters of highest prior logit (at least ``min_keep``)."""
+    ``round(sigmoid(a_u) * C_u)`` filters of highest prior logit (at least ``min_keep``; on a
+    multiple of ``round_to`` or the whole unit, :func:`round_count`)."""
 
     def __init__(self, env: JointEnv, prior: torch.Tensor) -> None:
         self.env = env
@@ -373,6 +374,7 @@ class Allocation:
             for order, x, low in zip(self.order, a.tolist(), self.env.min_keep, strict=True):
                 c = len(order)
                 k = max(low, min(c, math.floor(c / (1 + math.exp(-x)) + 0.5)))
+                k = round_count(k, c, self.env.cfg.round_to, low)
                 keep = torch.zeros(c)
                 keep[order[:k]] = 1.0
                 parts.append(keep)

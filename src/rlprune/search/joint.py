@@ -194,7 +194,7 @@ def start_point(s: Session, env: JointEnv) -> Start:
     scores = group_magnitude(s.model, env.units, s.example)
     kept = prune_to_target(
         copy.deepcopy(s.model), "global-magnitude", cfg.reward.target_macs, s.example,
-        min_keep=cfg.min_keep, exclude=cfg.exclude,
+        min_keep=cfg.min_keep, exclude=cfg.exclude, round_to=cfg.round_to,
     )  # fmt: skip
     prior, mask = [], []
     for u in env.units:
@@ -205,6 +205,7 @@ def start_point(s: Session, env: JointEnv) -> Start:
         keep = torch.zeros_like(score)
         keep[torch.topk(score, k).indices] = 1.0  # the heuristic keeps its k best per unit
         mask.append(keep)
+    # with round_to > 1, global magnitude removes whole blocks and stops at or below the target
     ratios = [kept[u.name] / u.channels for u in env.units]
     return Start(torch.cat(prior), ratios, torch.cat(mask))
 
