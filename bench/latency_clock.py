@@ -1,0 +1,143 @@
+"""Does a latency table made on the CPU clock predict pruned models within 10%? (docs/LATENCY.md)
+
+On a shared VM, wall-clock latency swings by 10-40% between measurements, so a table's
+prediction error cannot be told from the machine's drift. The CPU time of the one timing thread
+(``clock=cpu``, 1 thread) leaves out the time the core was given to someone else. This script,
+for one model (checkpoint in docs/results/base/, Fashion-MNIST input, NHWC, 1 thread):
+
+1. profiles a latency table at batch 1 and 64 on the CPU clock;
+2. prunes copies to several structures: l1-uniform at 0.7/0.5/0.3 of the MACs (every unit cut
+   alike) and global-magnitude masks at 0.5/0.3/0.15 (uneven cuts, unlike the uniform cuts the
+   table's calibration saw);
+3. measures the baseline and every pruned model in ``--rounds`` interleaved rounds, each a
+   median of ``--runs`` passes on the CPU clock and then on the wall clock;
+4. prints predicted vs measured (median of the rounds) and the spread between rounds
+   ((max - min) / median of the round medians) for both clocks.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/latency_clock.py --model vgg-small [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rlprune.baselines import prune_to_target
+from rlprune.checkpoint import load_model
+from rlprune.models import set_layout
+from rlprune.pruning import count_macs_params
+from rlprune.pruning.latency import Clock
+from rlprune.pruning.profile import cpu_info, measure_runtime, profile_latency
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "docs" / "results" / "base"
+BATCHES = (64, 1)
+STRUCTURES = (
+    ("baseline", 1.0),
+    ("l1-uniform", 0.7),
+    ("l1-uniform", 0.5),
+    ("l1-uniform", 0.3),
+    ("global-magnitude", 0.5),
+    ("global-magnitude", 0.3),
+    ("global-magnitude", 0.15),
+)
+CLOCKS: tuple[Clock, ...] = ("cpu", "wall")
+
+
+def _structures(base: nn.Module, example: torch.Tensor) -> dict[str, tuple[nn.Module, dict[str, int]]]:  # fmt: skip
+    """``label -> (pruned NHWC copy, kept channels per unit)``."""
+    out = {}
+    for method, target in STRUCTURES:
+        model = copy.deepcopy(base)
+        counts = prune_to_target(model, method, target, example) if target < 1 else {}
+        out[f"{method} {target:g}"] = (set_layout(model, True).eval(), counts)
+    return out
+
+
+def _spread(xs: list[float]) -> float:
+    return (max(xs) - min(xs)) / statistics.median(xs)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    base, spec, _ = load_model(BASE / f"{args.model}.pt")
+    assert spec is not None
+    example = spec.example_input()
+    set_layout(base, True).eval()
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+    lut = profile_latency(base, example, BATCHES, threads=1, runs=args.profile_runs, clock="cpu")
+    profile_s = time.perf_counter() - t0
+    print(f"{args.model}: table profiled on the cpu clock in {profile_s:.0f} s")
+    nets = _structures(base, example)
+    base_macs = count_macs_params(base, example)[0]
+    times: dict[tuple[str, int, str], list[float]] = {}
+    t0 = time.perf_counter()
+    for _ in range(args.rounds):  # interleaved: every model and clock once per round
+        for label, (net, _) in nets.items():
+            for b in BATCHES:
+                for clock in CLOCKS:
+                    runs = args.runs if b > 1 else 5 * args.runs
+                    ms = measure_runtime(net, example, b, 1, "torch", runs, clock)
+                    times.setdefault((label, b, clock), []).append(ms)
+    measure_s = time.perf_counter() - t0
+    rows = []
+    for label, (net, counts) in nets.items():
+        macs = count_macs_params(net, example)[0] / base_macs
+        for b in BATCHES:
+            predicted = lut.model(b)(counts)
+            cpu, wall = times[label, b, "cpu"], times[label, b, "wall"]
+            rows.append({"structure": label, "macs": macs, "batch": b, "predicted_ms": predicted,
+                         "cpu_rounds_ms": cpu, "wall_rounds_ms": wall,
+                         "cpu_ms": statistics.median(cpu), "wall_ms": statistics.median(wall),
+                         "error": predicted / statistics.median(cpu) - 1})  # fmt: skip
+    return {
+        "model": args.model, "cpu": cpu_info(), "torch": torch.__version__, "threads": 1,
+        "rounds": args.rounds, "runs_b64": args.runs, "runs_b1": 5 * args.runs,
+        "profile_runs": args.profile_runs, "profile_s": profile_s, "measure_s": measure_s,
+        "loadavg_start": load0, "loadavg_end": os.getloadavg(),
+        "calibration": {b: t.calibration for b, t in lut.tables.items()}, "rows": rows,
+    }  # fmt: skip
+
+
+def show(res: dict[str, Any]) -> None:
+    print(f"\n{res['model']}, {res['cpu']}, torch {res['torch']}, {res['threads']} thread; "
+          f"{res['rounds']} rounds x {res['runs_b64']} (b64) / {res['runs_b1']} (b1) passes; "
+          f"profile {res['profile_s']:.0f} s, measurements {res['measure_s']:.0f} s; "
+          f"load average {res['loadavg_start'][0]:.2f} -> {res['loadavg_end'][0]:.2f}")  # fmt: skip
+    for b, cal in res["calibration"].items():
+        fit = ", ".join(f"{f:g}: {m:.3f}/{p:.3f}" for f, m, p in cal)
+        print(f"b{b} calibration (keep fraction: measured/fitted cpu ms): {fit}")
+    print("| structure | MACs | batch | predicted ms (cpu) | measured cpu ms (round spread) "
+          "| error | measured wall ms (round spread) |\n|---|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+    for r in res["rows"]:
+        print(f"| {r['structure']} | {r['macs']:.3f} | {r['batch']} | {r['predicted_ms']:.3f} | "
+              f"{r['cpu_ms']:.3f} ({_spread(r['cpu_rounds_ms']):.1%}) | {r['error']:+.1%} | "
+              f"{r['wall_ms']:.3f} ({_spread(r['wall_rounds_ms']):.1%}) |")  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="vgg-small", choices=["vgg-small", "resnet20"])
+    p.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds")
+    p.add_argument("--runs", type=int, default=20, help="timed passes per b64 measurement (b1: 5x)")
+    p.add_argument("--profile-runs", type=int, default=10, help="timed calls per probe")
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args()
+    res = run(args)
+    show(res)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
