@@ -195,7 +195,8 @@ def _latency(rep: dict[str, Any]) -> list[str]:
     lines = [
         "", "## Latency: predicted vs measured", "",
         f"Table made on {lat.get('cpu', '?')}, runtime {lat.get('runtime', '?')}, "
-        f"{lat.get('threads', '?')} thread(s); measured here the same way (median ms).", "",
+        f"{lat.get('threads', '?')} thread(s), {lat.get('clock', 'wall')} clock; measured here "
+        "the same way (median ms).", "",
         "| batch | model | predicted | measured | error |", "|---:|---|---:|---:|---:|",
     ]  # fmt: skip
     for row in lat["rows"]:

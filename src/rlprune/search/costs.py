@@ -81,7 +81,7 @@ def latency_report(
     runs: int,
 ) -> dict[str, Any]:
     """Predicted vs measured latency of the baseline and the pruned model at batch 1 and 64
-    (those the table has), measured as the table was made (threads, runtime)."""
+    (those the table has), measured as the table was made (threads, runtime, clock)."""
     rows = []
     for b in REPORT_BATCHES:
         if b not in lut.tables:
@@ -93,7 +93,9 @@ def latency_report(
             ("pruned", pruned, pruned_counts),
         ):
             try:
-                measured = measure_runtime(model, example, b, lut.threads, lut.runtime, runs)
+                measured = measure_runtime(
+                    model, example, b, lut.threads, lut.runtime, runs, lut.clock
+                )
             except RlpruneError as e:
                 log.warning("latency of the %s model not measured: %s", key, e)
                 continue
@@ -105,5 +107,6 @@ def latency_report(
         "cpu": lut.machine.get("cpu"),
         "runtime": lut.runtime,
         "threads": lut.threads,
+        "clock": lut.clock,
         "rows": rows,
     }
