@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from rlprune.compare import CompareConfig, compare
+from rlprune.compare import REGISTRY, CompareConfig, compare
 from rlprune.compare_report import cpu_summary
 from rlprune.config import PruneConfig, TrainConfig, load_config
 
@@ -95,7 +95,10 @@ def cmd_run(
     """Fill the cells of ``models`` x ``seeds`` x ``targets`` (default: results.yaml's), one
     ``compare`` per (seed, target), working in ``runs/<model>`` on ``device``. Each pair's cells
     are copied to docs/ as soon as it finishes (only its own: processes with their own ``runs``
-    folder can fill one docs/ at once)."""
+    folder can fill one docs/ at once). ``methods``: a subset of results.yaml's; one built on
+    the rl searches (random-search's candidate count) brings results.yaml's rl methods along
+    (their finished cells are reused), so its cell is the one a full run makes."""
+    methods = _with_rl_searches(methods, cfg["methods"]) if methods else list(cfg["methods"])
     for name in models:
         out = runs / name
         committed = DOCS / "cells" / name
@@ -110,7 +113,7 @@ def cmd_run(
                     out=out,
                     targets=(float(target),),
                     seeds=1,
-                    methods=tuple(methods or cfg["methods"]),
+                    methods=tuple(methods),
                     prune=prune,
                     device=device,
                     quiet=not sys.stderr.isatty(),
@@ -119,6 +122,15 @@ def cmd_run(
                 _sync(out / "cells", committed, f"t{float(target):g}_s{seed}.json")
                 done = f"{res.cells_run} cells run, {res.cells_reused} reused"
                 print(f"{name} seed {seed} target {target:g}: {done}", flush=True)
+
+
+def _with_rl_searches(asked: list[str], configured: list[str]) -> list[str]:
+    """``asked`` plus the configured rl searches if an asked method reads their counts or
+    rollouts (in the configured order)."""
+    entries = [REGISTRY[m] for m in asked]
+    if not any(e.uses_rl_counts or e.uses_rl_rollouts for e in entries):
+        return list(asked)
+    return [m for m in configured if m in asked or m.startswith("rl")]
 
 
 def _cells(cfg: dict[str, Any]) -> dict[str, dict[str, dict[str, list[dict[str, Any]]]]]:
@@ -170,6 +182,7 @@ def tables(cfg: dict[str, Any], cells: dict[str, Any]) -> str:
             for t in targets
         }
         usual = {t: _usual_device(per_target.get(t, {})) for t in targets}
+        marked: set[str] = set()  # targets with a method marked ‡
         for method in cfg["methods"]:
             row = []
             for t in targets:
@@ -184,13 +197,14 @@ def tables(cfg: dict[str, Any], cells: dict[str, Any]) -> str:
                     text += " †"
                 if any(r.get("device", "cpu") != usual[t] for r in rows):
                     text += " ‡"
+                    marked.add(t)
                 row.append(text)
             lines.append(f"| {method} | " + " | ".join(row) + " |")
-        if any("‡" in line for line in lines):
+        if marked:
             lines += [
                 "",
                 "‡ some of its seeds ran on another device than most of its column's cells: "
-                + "; ".join(f"{t}×: mostly {usual[t]}" for t in targets if usual[t]),
+                + "; ".join(f"{t}×: mostly {usual[t]}" for t in targets if t in marked),
             ]
         lines += [
             "",
@@ -217,7 +231,7 @@ def tables(cfg: dict[str, Any], cells: dict[str, Any]) -> str:
 
 
 def _usual_device(per_method: dict[str, list[dict[str, Any]]]) -> str:
-    """The device most of these cells ran on ('' if none)."""
+    """The device most of these cells ran on ('' if none; a tie: the first in name order)."""
     seen: dict[str, int] = {}
     for rows in per_method.values():
         for r in rows:

@@ -93,7 +93,7 @@ def test_compare_args_become_a_config_that_its_command_reproduces(tmp_path: Path
     assert cfg.targets == (0.4, 0.2) and cfg.seed_list == [2] and cfg.max_train == 300
     assert cfg.methods == ("l1-uniform", "rl") and cfg.quiet
     assert (cfg.prune.finetune_steps, cfg.prune.agent.samples) == (5, 4)
-    command = command_line(cfg, METHODS)
+    command = command_line(cfg, DEFAULT_METHODS)
     again = cli._compare_config(cli.build_parser().parse_args(shlex.split(command)[1:]))
     assert again == CompareConfig(**{**cfg.__dict__, "quiet": False})
 

@@ -264,6 +264,18 @@ def test_joint_settings_count_only_for_a_joint_search() -> None:
     assert _first_difference(old, new, unread_settings("rl", new)) is not None
 
 
+def test_a_cell_older_than_a_changed_default_ran_with_the_old_value() -> None:
+    from rlprune.compare_cells import _first_difference, unread_settings
+
+    old: dict[str, Any] = {"config": {"joint": {"lr": 0.5}, "seed": 0}}  # before start_uniform
+    new = {"config": {"joint": {"lr": 0.5, "start_uniform": True}, "seed": 0}}
+    diff = _first_difference(old, new, unread_settings("rl-joint", new))
+    assert diff == "config.joint.start_uniform: False in the cell, True now"
+    new["config"]["joint"]["start_uniform"] = False  # the value such a cell ran with
+    assert _first_difference(old, new, unread_settings("rl-joint", new)) is None
+    assert _first_difference(old, new, unread_settings("l1-uniform", new)) is None
+
+
 def test_the_strategy_setting_counts_only_for_rl() -> None:
     from rlprune.compare_cells import _first_difference, unread_settings
 

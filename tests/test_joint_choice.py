@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -134,7 +135,7 @@ def test_joint_allocation_with_rerank_runs_and_hits_the_target(  # type: ignore[
     assert {u.chosen for u in res.units} <= {"joint", "prior"}
 
 
-def test_joint_allocation_keeps_multiples_of_round_to_within_the_target(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_joint_allocation_keeps_multiples_of_round_to_within_the_target(tmp_path: Path) -> None:
     from rlprune.search import prune
     from tests.test_search_pin import TwoUnitToy
 
@@ -155,6 +156,28 @@ def test_joint_allocation_keeps_multiples_of_round_to_within_the_target(tmp_path
     assert res.strategy == "joint"
     assert all(u.channels_after % 4 == 0 for u in res.units)  # 4 or 8 of each unit's 8
     assert res.pruned.macs <= cfg.reward.target_macs * res.baseline.macs
+
+
+def test_auto_walks_where_round_to_keeps_the_joint_start_above_the_target(
+    tmp_path: Path,
+) -> None:
+    from rlprune.search import prune
+    from rlprune.search.joint import JointStartError
+    from tests.test_search_pin import TwoUnitToy
+
+    cfg = _joint_cfg(lr=0.05, steps=2)
+    joint = dataclasses.replace(cfg.joint, init="global-magnitude", action="allocation")
+    reward = dataclasses.replace(cfg.reward, target_macs=0.6)
+    # 8-filter units on multiples of 8: no cut is possible, global magnitude keeps 100%
+    cfg = dataclasses.replace(
+        cfg, joint=joint, reward=reward, finetune_steps=2, batch_size=32, round_to=8,
+        strategy="joint",
+    )  # fmt: skip
+    data = (TwoUnitToy(), toy_split(128, 0), toy_split(100, 1))
+    with pytest.raises(JointStartError, match="stays above 0.6x MACs with round_to=8"):
+        prune(*data, cfg, out_dir=tmp_path / "joint")
+    auto = dataclasses.replace(cfg, strategy="auto")
+    assert prune(*data, auto, out_dir=tmp_path / "auto").strategy == "layerwise"
 
 
 def test_mcnemar_z_by_hand() -> None:
@@ -281,3 +304,41 @@ def test_a_challenger_equal_to_the_incumbent_is_not_recovered_again(
     got, hits = choice.fair_pick(session, None, pairs, {})  # type: ignore[arg-type]
     assert got is mask and torch.equal(hits, base)
     assert len(recovered) == 1  # the incumbent once; the equal challenger never
+
+
+def test_a_walk_folder_resumed_as_a_joint_search_starts_afresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rlprune.config import PruneConfig
+    from rlprune.search import prune
+    from tests.test_search_pin import TwoUnitToy
+
+    cfg = _joint_cfg(lr=0.05, steps=2)
+    joint = dataclasses.replace(cfg.joint, init="global-magnitude", action="allocation")
+    reward = dataclasses.replace(cfg.reward, target_macs=0.6)
+    cfg = dataclasses.replace(
+        cfg, joint=joint, reward=reward, finetune_steps=2, batch_size=32, strategy="auto"
+    )
+    data = (toy_split(128, 0), toy_split(100, 1))
+    with monkeypatch.context() as m:  # as an older version resolved auto: the walk
+        m.setattr(PruneConfig, "search_strategy", lambda self, distributed=False: "layerwise")
+        assert prune(TwoUnitToy(), *data, cfg, out_dir=tmp_path).strategy == "layerwise"
+    res = prune(TwoUnitToy(), *data, cfg, out_dir=tmp_path, resume=True)
+    assert res.strategy == "joint" and {u.chosen for u in res.units} <= {"joint", "prior"}
+    assert "its agent is another search's" in caplog.text
+
+
+def test_allocation_masks_round_to_multiples_or_the_whole_unit() -> None:
+    from rlprune.env.joint import Allocation
+
+    # units of 12 and 8 filters, min_keep 3, round_to 8: 12 can keep 8 or 12, 8 only 8
+    env = SimpleNamespace(
+        split=lambda p: [p[:12], p[12:]], min_keep=[3, 3], cfg=SimpleNamespace(round_to=8)
+    )
+    prior = torch.cat([torch.arange(12.0), -torch.arange(8.0)])
+    alloc = Allocation(env, prior)  # type: ignore[arg-type]
+    logit = torch.logit(torch.tensor([[0.5, 0.5], [0.95, 0.2], [0.01, 0.01]]))
+    masks = alloc.masks(logit)
+    assert masks[:, :12].sum(1).tolist() == [8.0, 12.0, 8.0]  # 6 -> 8, 11 -> 12 (whole), 3 -> 8
+    assert masks[:, 12:].sum(1).tolist() == [8.0, 8.0, 8.0]
+    assert masks[0, :12].tolist() == [0.0] * 4 + [1.0] * 8  # the 8 highest prior logits

@@ -69,3 +69,11 @@ def test_plotting_uses_no_pyplot(tmp_path: Path) -> None:
         f"write_report({str(root)!r})\n"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'"
     )
+
+
+def test_a_measurement_without_a_test_split_round_trips() -> None:
+    from rlprune.outputs import Measurement
+
+    m = Measurement(val_acc=90.0, test_acc=None, macs=10, params=2, threads=1)
+    assert "test_acc" not in m.to_dict()  # left out, as every unmeasured field
+    assert Measurement.from_dict(m.to_dict()) == m  # a resumed run reads its baseline back

@@ -74,3 +74,32 @@ def test_collect_reports_every_seed_and_the_standard_error(
     assert "‡ some of its seeds ran on another device" in table and "0.5×: mostly cpu" in table
     assert "| rl | 20 / 5 | — |" in table  # mean search / fine-tune seconds
     assert "CPUs: Test CPU (avx2). Devices: cpu (3 cells); cuda: Test GPU (1 cell)" in table
+
+
+def test_the_device_mark_stays_with_its_model(results: ModuleType, tmp_path: Path) -> None:
+    cfg: dict[str, Any] = {
+        "models": {"a": {}, "b": {}},
+        "targets": [0.5, 0.3],
+        "seeds": [0],
+        "methods": ["x", "y"],
+    }
+    docs = tmp_path / "results"
+    for method in ("x", "y"):
+        _cell(docs, "a", method, 0.5, 0, 90.0)
+        _cell(docs, "a", method, 0.3, 0, 90.0)
+        _cell(docs, "b", method, 0.5, 0, 90.0)
+    _cell(docs, "a", "z", 0.5, 0, 90.0)  # not a method of the config: not in the table
+    (docs / "cells" / "a" / "x" / "t0.3_s0.json").unlink()
+    _cell(docs, "a", "x", 0.3, 0, 91.0, device="cuda: G")
+    table = results.tables(cfg, results._cells(cfg))
+    a, b = table.split("### b")
+    assert "| x | **90.00 (n=1)** | **91.00 (n=1)** ‡ |" in a
+    assert a.count("‡") == 2 and "0.3×: mostly cpu" in a and "0.5×: mostly" not in a
+    assert "‡" not in b
+
+
+def test_a_method_built_on_the_rl_searches_brings_them_along(results: ModuleType) -> None:
+    configured = ["rl-joint", "rl-layerwise", "l1-uniform", "random-search"]
+    assert results._with_rl_searches(["l1-uniform"], configured) == ["l1-uniform"]
+    got = results._with_rl_searches(["random-search"], configured)
+    assert got == ["rl-joint", "rl-layerwise", "random-search"]

@@ -12,7 +12,8 @@ RL search's calibration subset of the training split, and the test split only fo
 
 For each target in ``targets`` and each of ``seeds`` seeds (``seed, seed+1, ...`` from the
 search config): ``rl`` runs :func:`rlprune.search.prune` in budget mode (run folder
-``OUT/rl/t{target}_s{seed}``, resumable), then the other methods of :data:`REGISTRY`;
+``OUT/rl/t{target}_s{seed}``, resumable), then the other asked methods of :data:`REGISTRY`
+(default :data:`DEFAULT_METHODS`);
 ``random`` and ``l1-rl-ratios`` reuse the per-unit keep counts ``rl`` chose for that target and
 seed. Every pruned model is measured the same way: test accuracy on the comparison's device,
 MACs, params and batch-64 latency on the CPU (:func:`~rlprune.pruning.measure_latency`,

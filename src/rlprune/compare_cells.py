@@ -186,6 +186,10 @@ def run_random_search(ctx: CellContext) -> MethodRun:
     """EagleEye with as many scored candidates as rl's search spent reward-set evaluations."""
     if ctx.rl_rollouts is None:
         raise ConfigError("random-search takes its candidate count from rl: run rl too")
+    log.info(
+        "random-search: %d candidates, the most reward-set evaluations an rl search of this cell"
+        " spent", max(1, ctx.rl_rollouts),
+    )  # fmt: skip
     res = random_search(
         ctx.model, ctx.data.train, ctx.data.val, ctx.cfg, ctx.target, ctx.ft_steps,
         max(1, ctx.rl_rollouts), hflip=ctx.data.hflip, device=ctx.device, progress=not ctx.quiet,
@@ -236,14 +240,21 @@ def _flat(d: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix.rstrip("."), d
 
 
+# Search-config keys whose default changed after cells without them were written: such a cell
+# ran with the value given here, not with today's default.
+PREDATED_DEFAULTS: dict[str, Any] = {"config.joint.start_uniform": False}
+
+
 def _first_difference(
     old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = ()
 ) -> str | None:
     """The first key whose value differs, or None. A search-config key the cell predates (a
-    field added to the config since) does not count: the cell's method ran without it; nor do
-    keys under the ``ignore`` prefixes (settings the method never reads). A change that alters a
-    method's behaviour must be made under a new key or the cells removed."""
+    field added to the config since) does not count: the cell's method ran without it, unless
+    the field's default has changed since (:data:`PREDATED_DEFAULTS`); nor do keys under the
+    ``ignore`` prefixes (settings the method never reads). A change that alters a method's
+    behaviour must be made under a new key, listed there, or the cells removed."""
     a, b = dict(_flat(old)), dict(_flat(new))
+    a = {**{k: v for k, v in PREDATED_DEFAULTS.items() if k in b}, **a}
     for key in sorted(a.keys() | b.keys()):
         if (key not in a and key.startswith("config.")) or key.startswith(ignore):
             continue

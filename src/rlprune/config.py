@@ -257,8 +257,9 @@ class JointConfig:
     ``finetune_steps * units - steps`` more).
     """
 
-    # 30 episodes (and 50 re-ranking steps) keep the search under the cut model's fine-tune
-    # (docs/RESULTS.md: 23 s vs 31 s, vgg-small 0.3x; 200 episodes had not found better masks)
+    # 30 episodes and 50-step recoveries (three with the uniform start) keep the search's time
+    # near the cut model's fine-tune (docs/RESULTS.md, vgg-small 0.3x; 200 episodes had not
+    # found better masks)
     steps: int = 30
     samples: int = 4
     images: int = 100  # reward-set images each episode's masks are scored on (round robin)

@@ -35,7 +35,7 @@ class Measurement:
     """
 
     val_acc: float
-    test_acc: float | None
+    test_acc: float | None  # None: no test split (left out of the JSON, so read back as None)
     macs: int
     params: int
     threads: int
@@ -53,7 +53,7 @@ class Measurement:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Measurement:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{"test_acc": None, **{k: v for k, v in d.items() if k in names}})
 
 
 def measure_model(

@@ -38,8 +38,8 @@ ROWS = [
     ("val accuracy", "val_acc", "pct"),
     ("MACs", "macs", "M"),
     ("params", "params", "k"),
-    ("latency batch 1", "latency_b1_ms", "ms"),
-    ("latency batch 64", "latency_b64_ms", "ms"),
+    ("latency batch 1 (wall clock)", "latency_b1_ms", "ms"),
+    ("latency batch 64 (wall clock)", "latency_b64_ms", "ms"),
     ("file size", "file_bytes", "KiB"),
 ]
 

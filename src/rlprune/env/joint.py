@@ -387,4 +387,6 @@ class Allocation:
         def fits(d: float) -> bool:
             return float(self.env.macs(self.masks((mu + d)[None]))[0]) <= self.env.target
 
+        if not fits(-30.0):
+            log.warning("MAC target %.3g unreachable with min_keep and round_to", self.env.target)
         return self.masks((mu + largest_shift(fits, iters=iters))[None])[0]

@@ -66,8 +66,8 @@ def search_lut(
     if stored is None:
         run.write_json(_STATE, lut.to_dict())
     log.info(
-        "latency table %s: %s, %s, %d thread(s), batches %s",
-        where, lut.machine.get("cpu", "?"), lut.runtime, lut.threads, sorted(lut.tables),
+        "latency table %s: %s, %s, %d thread(s), %s clock, batches %s", where,
+        lut.machine.get("cpu", "?"), lut.runtime, lut.threads, lut.clock, sorted(lut.tables),
     )  # fmt: skip
     return lut
 

@@ -1,6 +1,7 @@
 """The joint search: every unit at once (DECORE-style, Alwani et al., CVPR 2022).
 
-The policy starts ON global magnitude's mask (the strongest heuristic here). Each episode
+The policy starts ON global magnitude's mask (the strongest heuristic here), or on the uniform
+allocation of the same ranking where that one wins the fair choice below. Each episode
 samples K whole-network masks, scores them in one batched pass on a slice of the reward set
 (validation images) with the budget reward, updates the policy by REINFORCE, and trains the
 network's weights one SGD step under a sampled mask, so rewards are measured after the network
@@ -29,7 +30,7 @@ import torch
 from rlprune.agent import sample_masks
 from rlprune.agent.allocation import AllocationAgent
 from rlprune.agent.joint import JointAgent
-from rlprune.baselines import prune_to_target
+from rlprune.baselines import TOLERANCE, prune_to_target
 from rlprune.env.joint import Allocation, JointBatch, JointEnv, initial_levels
 from rlprune.errors import ConfigError, PruningError
 from rlprune.pruning import count_macs_params, group_magnitude
@@ -205,9 +206,14 @@ def start_point(s: Session, env: JointEnv) -> Start:
         keep = torch.zeros_like(score)
         keep[torch.topk(score, k).indices] = 1.0  # the heuristic keeps its k best per unit
         mask.append(keep)
-    # with round_to > 1, global magnitude removes whole blocks and stops at or below the target
-    ratios = [kept[u.name] / u.channels for u in env.units]
-    return Start(torch.cat(prior), ratios, torch.cat(mask))
+    ratios, start = [kept[u.name] / u.channels for u in env.units], torch.cat(mask)
+    # prune_to_target checks the 2% only without rounding: whole blocks can leave it above
+    if cfg.round_to > 1 and float(env.macs(start[None])[0]) > env.target * (1 + TOLERANCE):
+        raise PruningError(
+            f"global magnitude stays above {cfg.reward.target_macs:g}x MACs with "
+            f"round_to={cfg.round_to} and min_keep={cfg.min_keep}"
+        )
+    return Start(torch.cat(prior), ratios, start)
 
 
 def uniform_or_not(

@@ -122,7 +122,7 @@ class SearchRuntime:
     def load_walk(self, model: nn.Module, agent: Agent) -> list[UnitRecord]:
         """Restore ``model`` and ``agent`` as they were after the last finished unit; returns
         the records of the finished units (none on a fresh run)."""
-        saved = self.run.load_state("model.pt", lambda s: _fits_model(model, s))
+        saved = self.run.load_state("model.pt", lambda s: _fits_walk(model, agent, s))
         if saved is None:
             return []
         apply_shapes(model, saved["shapes"])  # keeps the model's layout
@@ -219,6 +219,17 @@ def _fits_model(model: nn.Module, state: dict[str, Any]) -> None:
         probe.load_state_dict(state["state_dict"], strict=True)
     except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{type(e).__name__}: {str(e).strip()[:120]}") from e
+
+
+def _fits_walk(model: nn.Module, agent: Agent, state: dict[str, Any]) -> None:
+    """A walk's state fits ``model`` and its agent state loads into a copy of ``agent`` (a run
+    started under another strategy, e.g. ``auto`` resolved otherwise by an older version, holds
+    another agent's state)."""
+    _fits_model(model, state)
+    try:
+        copy.deepcopy(agent).load_state_dict(state["agent"])
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"its agent is another search's: {str(e).strip()[:80]}") from e
 
 
 def _fits_agent(agent: Agent, state: dict[str, Any]) -> None:
