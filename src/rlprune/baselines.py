@@ -58,7 +58,7 @@ from rlprune.pruning import (
 )
 from rlprune.pruning.latency import round_count
 
-__all__ = ["BASELINES", "COUNT_BASED", "MAC_TARGETED", "prune_to_target"]
+__all__ = ["BASELINES", "COUNT_BASED", "MAC_TARGETED", "Cost", "global_counts", "prune_to_target"]
 
 log = logging.getLogger(__name__)
 
@@ -157,17 +157,41 @@ def _uniform_counts(
     return above
 
 
+Cost = Callable[[dict[str, int]], float]
+"""A model cost as a function of the per-unit kept counts: :class:`UnitMacs`, or a
+:class:`~rlprune.pruning.latency.LatencyModel` (predicted ms)."""
+
+
+def global_counts(
+    cost: Cost,
+    units: list[Unit],
+    scores: dict[str, torch.Tensor],
+    goal: float,
+    *,
+    min_keep: float = PruneConfig.min_keep,
+    round_to: int = 1,
+) -> dict[str, int]:
+    """Kept count per unit when channels ``scores[unit] [C_u]`` (higher = more important) are
+    removed in ascending global order until ``cost(counts)`` reaches ``goal``: global ranking
+    under any cost, e.g. a latency budget priced by a latency table. The counts only; nothing
+    is cut. A removal that would land more than 1% below ``goal`` is skipped (``round_to=1``),
+    so the result can stay above ``goal`` where every step is that coarse: check it."""
+    need = {u.name: resolve_min_keep(min_keep, u.channels) for u in units}
+    masks = _global_masks(cost, units, need, goal, scores, round_to)
+    return {name: int(m.sum()) for name, m in masks.items()}
+
+
 def _global_masks(
-    mac: UnitMacs,
+    mac: Cost,
     units: list[Unit],
     need: dict[str, int],
     goal: float,
     scores: dict[str, torch.Tensor],
     round_to: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """Remove channels in ascending global score order until the MACs reach ``goal``; with
-    ``round_to > 1`` a unit's turn removes a block (its lowest-scored channels) that brings it
-    to the next lower multiple of ``round_to``."""
+    """Remove channels in ascending global score order until the cost ``mac`` (MACs or
+    predicted latency) reaches ``goal``; with ``round_to > 1`` a unit's turn removes a block (its
+    lowest-scored channels) that brings it to the next lower multiple of ``round_to``."""
     ranking = sorted(
         (float(s), u.depth, i, u.name)
         for u in units

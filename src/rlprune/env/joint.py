@@ -3,7 +3,8 @@ CVPR 2022).
 
 A whole-network mask is a ``[N]`` 0/1 vector over the filters of all units, concatenated in
 forward unit order. The environment scores K such masks in ONE batched forward pass over a
-slice of the reward set (per-sample masks), prices them with the closed-form MAC model, trains
+slice of the reward set (per-sample masks), prices them (the closed-form MAC model, or with a
+latency budget the latency table's prediction, NetAdapt-style: Yang et al., ECCV 2018), trains
 the network's weights under a sampled mask (so rewards are measured after the network adapts,
 not before), and finally cuts the chosen masks physically.
 """
@@ -15,6 +16,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +24,10 @@ from torch import nn
 
 from rlprune.agent import feature_state, unit_statistics
 from rlprune.config import PruneConfig
+from rlprune.env.allocation import Allocation, largest_shift
 from rlprune.models import set_layout
 from rlprune.pruning import Unit, UnitMacs, UnitMask, find_units, remove_channels, resolve_min_keep
-from rlprune.pruning.latency import round_count
+from rlprune.pruning.latency import LatencyLUT, LatencyModel, round_count
 from rlprune.reward import budget_reward
 
 __all__ = ["Allocation", "JointBatch", "JointEnv", "hits", "largest_shift"]
@@ -39,6 +42,7 @@ class JointBatch:
     rewards: torch.Tensor
     accs: torch.Tensor  # % on the scored slice of the reward set
     macs: torch.Tensor  # model MACs with each mask
+    cost: torch.Tensor  # what the budget counts: ``macs`` itself, or predicted latency (ms)
 
 
 class JointEnv:
@@ -49,8 +53,12 @@ class JointEnv:
         reward_set: ``(x [R, C, H, W], y [R])`` validation images the rewards are scored on.
         calib: ``(x, y)`` training images for the per-filter statistics of the state.
         example_input: ``[1, C, H, W]``.
-        cfg: the search config (``reward.target_macs`` is the whole network's MAC target).
+        cfg: the search config (``reward.target_macs`` or ``reward.target_latency`` is the whole
+            network's budget).
         base_macs: unpruned model MACs.
+        lut: with ``reward.efficiency=latency``, the latency table (the one the layer-wise walk
+            prices with): masks are priced in predicted ms at ``reward.latency_batch`` and the
+            budget is ``target_latency`` of the unpruned model's prediction.
     """
 
     def __init__(
@@ -61,6 +69,7 @@ class JointEnv:
         example_input: torch.Tensor,
         cfg: PruneConfig,
         base_macs: int,
+        lut: LatencyLUT | None = None,
     ) -> None:
         self.model, self.cfg, self.example = model, cfg, example_input
         self.reward_x, self.reward_y = reward_set
@@ -72,7 +81,15 @@ class JointEnv:
             torch.arange(len(self.units)), torch.tensor(self.sizes)
         )
         self.mac_model = UnitMacs(model, self.units, example_input)
+        self.latency: LatencyModel | None = None
+        self.cost_model: Callable[[dict[str, int]], float] = self.mac_model
+        self.priced: Literal["MAC", "latency"] = "MAC"  # what log lines call the budget
+        self.base_cost = float(base_macs)
         self.target = cfg.reward.target_macs * base_macs
+        if lut is not None:
+            self.latency = self.cost_model = lut.model(cfg.reward.latency_batch)
+            self.priced, self.base_cost = "latency", self.latency.total
+            self.target = cfg.reward.target_latency * self.base_cost
         self.min_keep = [resolve_min_keep(cfg.min_keep, c) for c in self.sizes]
         self._masks = [UnitMask(model, u) for u in self.units]
         self._cursor = 0
@@ -102,12 +119,21 @@ class JointEnv:
     def macs(self, masks: torch.Tensor) -> torch.Tensor:
         """Model MACs of each mask ``[K, N]`` -> ``[K]`` (float64; closed form, exact for the
         zoo). Counts below ``min_keep`` are priced at ``min_keep``: the cut keeps that many."""
+        return self._priced(self.mac_model, masks)
+
+    def cost(self, masks: torch.Tensor) -> torch.Tensor:
+        """What the budget counts for each mask ``[K, N]`` -> ``[K]`` (float64), compared with
+        :attr:`target`: MACs, or the latency table's prediction (ms; units outside the search
+        at full width). Counts below ``min_keep`` are priced at ``min_keep``."""
+        return self._priced(self.cost_model, masks)
+
+    def _priced(
+        self, price: Callable[[dict[str, int]], float], masks: torch.Tensor
+    ) -> torch.Tensor:
         names, floor = [u.name for u in self.units], self.min_keep
         return torch.tensor(
             [
-                self.mac_model(
-                    {n: max(int(k), low) for n, k, low in zip(names, c, floor, strict=True)}
-                )
+                price({n: max(int(k), low) for n, k, low in zip(names, c, floor, strict=True)})
                 for c in self.counts(masks)
             ],
             dtype=torch.float64,
@@ -131,7 +157,7 @@ class JointEnv:
 
     @torch.no_grad()
     def score(self, masks: torch.Tensor) -> JointBatch:
-        """Accuracy, MACs and budget reward of each whole-network mask ``[K, N]`` on the next
+        """Accuracy, cost and budget reward of each whole-network mask ``[K, N]`` on the next
         slice of the reward set, all K in one forward pass (per-sample masks)."""
         x, y = self.next_slice()
         k, b = masks.shape[0], len(y)
@@ -155,16 +181,17 @@ class JointEnv:
     def _batch(self, drop: torch.Tensor, accs: torch.Tensor, masks: torch.Tensor) -> JointBatch:
         """Budget rewards of masks ``[K, N]`` from their drops and accuracies ``[K]``."""
         macs = self.macs(masks)  # on the CPU, like the agent that reads the rewards
+        cost = macs if self.latency is None else self.cost(masks)
         drop, accs = drop.cpu(), accs.cpu()  # scored where the model is (a GPU)
         rc = self.cfg.reward
-        rewards = budget_reward(drop, macs, self.target, rc.budget_penalty, rc.budget_under)
-        return JointBatch(rewards.float(), accs.float(), macs)
+        rewards = budget_reward(drop, cost, self.target, rc.budget_penalty, rc.budget_under)
+        return JointBatch(rewards.float(), accs.float(), macs, cost)
 
     @torch.no_grad()
     def score_full(
         self, mask: torch.Tensor, images: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> JointBatch:
-        """Accuracy, MACs and reward of one mask ``[N]`` on the whole reward set (or on
+        """Accuracy, cost and reward of one mask ``[N]`` on the whole reward set (or on
         ``images``: ``(x [M, C, H, W], y [M])``)."""
         hits = self.correct(mask, images)
         accs = torch.tensor([100.0 * float(hits.double().mean())], dtype=torch.float64)
@@ -231,10 +258,10 @@ class JointEnv:
         return out
 
     def project(self, logits: torch.Tensor, iters: int = 60) -> torch.Tensor:
-        """The deterministic mask ``[N]`` that lands on the MAC target: a common shift ``d`` of
-        all logits sets each unit's count to ``round(sum_i sigmoid(logit_i + d))`` (its expected
-        count, rounded to a multiple of ``round_to``), solved by bisection; each unit keeps its
-        highest-logit filters."""
+        """The deterministic mask ``[N]`` that lands on the target (:meth:`cost`): a common
+        shift ``d`` of all logits sets each unit's count to ``round(sum_i sigmoid(logit_i + d))``
+        (its expected count, rounded to a multiple of ``round_to``), solved by bisection; each
+        unit keeps its highest-logit filters."""
         parts = self.split(logits.detach().float())
 
         def at(shift: float) -> torch.Tensor:
@@ -248,11 +275,11 @@ class JointEnv:
             return torch.cat(out)
 
         lowest = at(-30.0)
-        if float(self.macs(lowest[None])[0]) > self.target:
-            log.warning("MAC target %.3g unreachable with min_keep", self.target)
+        if float(self.cost(lowest[None])[0]) > self.target:
+            log.warning("%s target %.3g unreachable with min_keep", self.priced, self.target)
             return lowest
         return at(
-            largest_shift(lambda d: float(self.macs(at(d)[None])[0]) <= self.target, iters=iters)
+            largest_shift(lambda d: float(self.cost(at(d)[None])[0]) <= self.target, iters=iters)
         )
 
     def apply(self, mask: torch.Tensor) -> dict[str, list[int]]:
@@ -290,8 +317,8 @@ def initial_levels(
 ) -> torch.Tensor:
     """Per-unit logit offsets ``[U]`` that start each unit's expected keep ratio at
     ``ratios``; by default at the uniform allocation, every unit's ratio equal and the expected
-    MACs on the target (the point uniform L1 pruning, Li et al. 2017, would pick). Learning then
-    moves units away from it."""
+    cost (:meth:`JointEnv.cost`) on the target (the point uniform L1 pruning, Li et al. 2017,
+    would pick). Learning then moves units away from it."""
     parts = env.split(state_logits.detach().float())
     names = [u.name for u in env.units]
 
@@ -309,16 +336,18 @@ def initial_levels(
     if ratios is not None:
         return offsets(ratios)
 
-    def macs_at(ratio: float) -> float:
+    def cost_at(ratio: float) -> float:
         counts = {n: max(1, round(ratio * c)) for n, c in zip(names, env.sizes, strict=True)}
-        return env.mac_model(counts)
+        return env.cost_model(counts)
 
     lo, hi = 0.0, 1.0
     for _ in range(iters):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if macs_at(mid) < env.target else (lo, mid)
+        lo, hi = (mid, hi) if cost_at(mid) < env.target else (lo, mid)
     if math.isclose(lo, 0.0):
-        log.warning("MAC target %.3g is below what one channel per unit costs", env.target)
+        log.warning(
+            "%s target %.3g is below what one channel per unit costs", env.priced, env.target
+        )
     return offsets([(lo + hi) / 2] * len(parts))
 
 
@@ -345,48 +374,3 @@ def _cut(
         kept[unit.name] = remove_channels(model, now[unit.name], part, example, cfg.min_keep)
     set_layout(model, cfg.channels_last)
     return kept
-
-
-def largest_shift(
-    fits: Callable[[float], bool], *, lo: float = -30.0, hi: float = 30.0, iters: int = 60
-) -> float:
-    """The largest ``d`` in ``[lo, hi]`` with ``fits(d)`` by bisection (``fits`` monotone:
-    true below some point, false above; ``lo`` when nothing fits)."""
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
-
-
-class Allocation:
-    """Masks from per-unit keep-ratio logits ``a [K, U]``: unit u keeps its
-    ``round(sigmoid(a_u) * C_u)`` filters of highest prior logit (at least ``min_keep``; on a
-    multiple of ``round_to`` or the whole unit, :func:`round_count`)."""
-
-    def __init__(self, env: JointEnv, prior: torch.Tensor) -> None:
-        self.env = env
-        self.order = [torch.argsort(p, descending=True) for p in env.split(prior)]
-
-    def masks(self, actions: torch.Tensor) -> torch.Tensor:
-        rows = []
-        for a in actions:
-            parts = []
-            for order, x, low in zip(self.order, a.tolist(), self.env.min_keep, strict=True):
-                c = len(order)
-                k = max(low, min(c, math.floor(c / (1 + math.exp(-x)) + 0.5)))
-                k = round_count(k, c, self.env.cfg.round_to, low)
-                keep = torch.zeros(c)
-                keep[order[:k]] = 1.0
-                parts.append(keep)
-            rows.append(torch.cat(parts))
-        return torch.stack(rows)
-
-    def project(self, mu: torch.Tensor, iters: int = 60) -> torch.Tensor:
-        """The mask ``[N]`` of ``mu + d`` with the largest common shift ``d`` within the target."""
-
-        def fits(d: float) -> bool:
-            return float(self.env.macs(self.masks((mu + d)[None]))[0]) <= self.env.target
-
-        if not fits(-30.0):
-            log.warning("MAC target %.3g unreachable with min_keep and round_to", self.env.target)
-        return self.masks((mu + largest_shift(fits, iters=iters))[None])[0]

@@ -9,7 +9,10 @@ has adapted to losing filters rather than before. ``joint.action=allocation`` le
 unit's keep ratio (a Gaussian per unit, filters ranked by their group magnitude: AMC's action
 space, He et al. ECCV 2018); ``filters`` learns every filter's keep (a Bernoulli per filter).
 
-The end is a fair choice: the learnt mask (projected onto the MAC target) and the start mask
+The budget is a MAC target, or a latency target priced by the latency table the layer-wise walk
+uses (``reward.efficiency=latency``): the same search, every mask priced in predicted ms.
+
+The end is a fair choice: the learnt mask (projected onto the target) and the start mask
 each get the same short recovery from the ORIGINAL weights, and the learnt one replaces the
 start only if it is significantly more accurate on validation images no reward saw (McNemar's
 paired test). The chosen mask is cut from the original weights and fine-tuned with the whole
@@ -30,7 +33,7 @@ import torch
 from rlprune.agent import sample_masks
 from rlprune.agent.allocation import AllocationAgent
 from rlprune.agent.joint import JointAgent
-from rlprune.baselines import TOLERANCE, prune_to_target
+from rlprune.baselines import TOLERANCE, global_counts, prune_to_target
 from rlprune.env.joint import Allocation, JointBatch, JointEnv, initial_levels
 from rlprune.errors import ConfigError, PruningError
 from rlprune.pruning import count_macs_params, group_magnitude
@@ -50,7 +53,7 @@ JOINT_UNIT = "<joint>"  # name under which the run folder keeps the search's pro
 
 
 class JointStartError(PruningError):
-    """The start point cannot be built (global magnitude misses the MAC target on this model,
+    """The start point cannot be built (global magnitude misses the target on this model,
     e.g. ``min_keep`` or coarse units forbid it); raised before any training or writing."""
 
 
@@ -59,8 +62,9 @@ def joint(s: Session) -> list[UnitRecord]:
     if s.runtime.dist.active:
         raise ConfigError("strategy=joint runs in one process; drop torchrun or use layerwise")
     env = JointEnv(
-        s.model, (s.env.reward_x, s.env.reward_y), s.env.calib, s.example, s.cfg, s.baseline.macs
-    )
+        s.model, (s.env.reward_x, s.env.reward_y), s.env.calib, s.example, s.cfg,
+        s.baseline.macs, s.env.lut,
+    )  # fmt: skip
     try:  # the mask hooks come off whatever happens (a failure, Ctrl-C)
         return _search(s, env)
     finally:
@@ -186,17 +190,24 @@ def start_point(s: Session, env: JointEnv) -> Start:
 
     ``joint.init=uniform``: the shared policy network's importance prior, levels on the uniform
     allocation. ``global-magnitude``: ON the mask that ranking torch-pruning's normalised group
-    magnitudes across units picks for the target (the strongest heuristic here): each filter's
+    magnitudes across units picks for the target (the strongest heuristic here; under a latency
+    budget the ranking removes channels until the predicted latency reaches it): each filter's
     prior logit is its score against its unit's cut, over ``joint.temperature``.
     """
     cfg = s.cfg
     if cfg.joint.init == "uniform":
         return Start()
     scores = group_magnitude(s.model, env.units, s.example)
-    kept = prune_to_target(
-        copy.deepcopy(s.model), "global-magnitude", cfg.reward.target_macs, s.example,
-        min_keep=cfg.min_keep, exclude=cfg.exclude, round_to=cfg.round_to,
-    )  # fmt: skip
+    if env.latency is not None:
+        kept = global_counts(
+            env.latency, env.units, scores, env.target, min_keep=cfg.min_keep,
+            round_to=cfg.round_to,
+        )  # fmt: skip
+    else:
+        kept = prune_to_target(
+            copy.deepcopy(s.model), "global-magnitude", cfg.reward.target_macs, s.example,
+            min_keep=cfg.min_keep, exclude=cfg.exclude, round_to=cfg.round_to,
+        )  # fmt: skip
     prior, mask = [], []
     for u in env.units:
         score, k = scores[u.name].float(), kept[u.name]
@@ -207,10 +218,18 @@ def start_point(s: Session, env: JointEnv) -> Start:
         keep[torch.topk(score, k).indices] = 1.0  # the heuristic keeps its k best per unit
         mask.append(keep)
     ratios, start = [kept[u.name] / u.channels for u in env.units], torch.cat(mask)
-    # prune_to_target checks the 2% only without rounding: whole blocks can leave it above
-    if cfg.round_to > 1 and float(env.macs(start[None])[0]) > env.target * (1 + TOLERANCE):
+    # prune_to_target checks the 2% only without rounding (whole blocks can leave it above);
+    # global_counts never checks
+    checked = cfg.round_to == 1 and env.latency is None
+    if not checked and float(env.cost(start[None])[0]) > env.target * (1 + TOLERANCE):
+        rc = cfg.reward
+        goal = (
+            f"{rc.target_macs:g}x MACs"
+            if env.latency is None
+            else f"{rc.target_latency:g}x latency"
+        )
         raise PruningError(
-            f"global magnitude stays above {cfg.reward.target_macs:g}x MACs with "
+            f"global magnitude stays above {goal} with "
             f"round_to={cfg.round_to} and min_keep={cfg.min_keep}"
         )
     return Start(torch.cat(prior), ratios, start)
@@ -264,12 +283,21 @@ def train_jointly(
                 "rollout/reward_max": stats.reward_max,
                 "rollout/acc_mean": float(batch.accs.mean()),
                 "rollout/macs_ratio": float(batch.macs.mean()) / s.baseline.macs,
+                **_cost_ratio(env, batch),
                 "train/pg_loss": stats.pg_loss,
                 "train/entropy": stats.entropy,
                 "train/mean_keep": stats.mean_keep,
             }
         )
     return trained, train_s
+
+
+def _cost_ratio(env: JointEnv, batch: JointBatch) -> dict[str, float]:
+    """The batch's mean predicted latency over the unpruned model's, under a latency budget
+    (``rollout/macs_ratio`` beside it still counts MACs); nothing under a MAC budget."""
+    if env.latency is None:
+        return {}
+    return {"rollout/latency_ratio": float(batch.cost.mean()) / env.base_cost}
 
 
 def train_allocation(s: Session, env: JointEnv, begin: Start) -> tuple[int, float, torch.Tensor]:
@@ -307,6 +335,7 @@ def train_allocation(s: Session, env: JointEnv, begin: Start) -> tuple[int, floa
                 "rollout/reward_max": float(batch.rewards.max()),
                 "rollout/acc_mean": float(batch.accs.mean()),
                 "rollout/macs_ratio": float(batch.macs.mean()) / s.baseline.macs,
+                **_cost_ratio(env, batch),
                 "train/pg_loss": pg,
             }
         )
