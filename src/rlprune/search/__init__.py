@@ -144,7 +144,7 @@ def run_strategy(
     session: Session, cfg: PruneConfig, distributed: bool
 ) -> tuple[StrategyName, list[UnitRecord]]:
     """Run the strategy ``cfg`` resolves to; with ``strategy=auto``, a joint search that cannot
-    start on this model (its global-magnitude start misses the MAC target) gives way to the
+    start on this model (its global-magnitude start misses the target) gives way to the
     layer-wise walk, which reaches budgets unit by unit. Returns the strategy that ran."""
     strategy = cfg.search_strategy(distributed)
     log.info("search strategy: %s", strategy)
