@@ -113,13 +113,14 @@ def test_a_latency_target_global_magnitude_cannot_reach_is_a_start_error() -> No
     env.close()
 
 
-def test_auto_runs_the_joint_search_onto_the_latency_target(tmp_path: Path) -> None:
+def test_the_joint_search_lands_on_the_latency_target(tmp_path: Path) -> None:
     from rlprune.search import prune
 
     path = _lut().save(tmp_path / "lut.json")
     cfg = _cfg(TARGET)
     cfg = dataclasses.replace(cfg, reward=dataclasses.replace(cfg.reward, latency_table=str(path)))
-    assert cfg.search_strategy() == "joint"
+    assert cfg.search_strategy() == "layerwise"  # auto walks: joint on request only
+    cfg = dataclasses.replace(cfg, strategy="joint")
     run = tmp_path / "run"
     res = prune(
         TwoUnitToy(), toy_split(256, 0), toy_split(300, 1), cfg, test=toy_split(200, 2),
@@ -160,3 +161,17 @@ def test_a_mac_budget_keeps_more_of_the_expensive_unit(tmp_path: Path) -> None:
     assert res.pruned.macs <= 0.49 * res.baseline.macs
     lines = (tmp_path / "macs" / "metrics.jsonl").read_text()
     assert "rollout/macs_ratio" in lines and "rollout/latency_ratio" not in lines
+
+
+def test_the_allocation_projection_prices_with_the_table() -> None:
+    from rlprune.env.allocation import Allocation
+
+    env, _ = _env(_cfg(TARGET), _lut())
+    prior = torch.cat([-torch.arange(8.0), -torch.arange(8.0)])  # filters 0-3 rank first
+    mask = Allocation(env, prior).project(torch.zeros(2, dtype=torch.float64))
+    cost = float(env.cost(mask[None])[0])
+    assert cost <= env.target  # within 45.2 ms ...
+    counts = env.counts(mask[None])[0].tolist()
+    # ... and the largest common shift of equal ratios: 5 + 5 would cost 56 ms
+    assert counts == [4.0, 4.0] and cost == pytest.approx(45.0)
+    env.close()
