@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from rlprune.config import PruneConfig, RewardConfig
-from rlprune.errors import PruningError
+from rlprune.errors import ConfigError, PruningError
 from rlprune.pruning import UnitMacs, count_macs_params, find_units, group_magnitude
 from rlprune.pruning.latency import LatencyLUT, LatencyTable, LayerTerm
 from tests.test_joint import _joint_cfg, _RandomTwoConv
@@ -77,9 +77,12 @@ def test_masks_are_priced_by_the_table_and_the_target_is_its_fraction() -> None:
     batch = env.score(masks)
     assert torch.equal(batch.cost, env.cost(masks)) and torch.equal(batch.macs, env.macs(masks))
     env.close()
-    mac_env, _ = _env(_cfg(TARGET), None)  # without a table: MACs, as before
+    macs = RewardConfig(mode="budget", target_macs=0.5)
+    mac_env, _ = _env(dataclasses.replace(_cfg(TARGET), reward=macs), None)  # MACs, as before
     assert torch.equal(mac_env.cost(masks), mac_env.macs(masks))
     mac_env.close()
+    with pytest.raises(ConfigError, match="both or neither"):  # a latency budget needs a table
+        _env(_cfg(TARGET), None)
 
 
 def test_global_counts_ranks_globally_under_any_cost() -> None:

@@ -25,6 +25,7 @@ from torch import nn
 from rlprune.agent import feature_state, unit_statistics
 from rlprune.config import PruneConfig
 from rlprune.env.allocation import Allocation, largest_shift
+from rlprune.errors import ConfigError
 from rlprune.models import set_layout
 from rlprune.pruning import Unit, UnitMacs, UnitMask, find_units, remove_channels, resolve_min_keep
 from rlprune.pruning.latency import LatencyLUT, LatencyModel, round_count
@@ -86,6 +87,8 @@ class JointEnv:
         self.priced: Literal["MAC", "latency"] = "MAC"  # what log lines call the budget
         self.base_cost = float(base_macs)
         self.target = cfg.reward.target_macs * base_macs
+        if (lut is not None) != (cfg.reward.efficiency == "latency"):
+            raise ConfigError("the joint search prices latency with a table: both or neither")
         if lut is not None:
             self.latency = self.cost_model = lut.model(cfg.reward.latency_batch)
             self.priced, self.base_cost = "latency", self.latency.total

@@ -103,7 +103,9 @@ class UnitRecord:
     rollouts_reused: int
     reward_curve: list[float]
     reward_max_curve: list[float]
-    budget_macs: float | None  # the unit's MAC budget (budget modes)
+    # the unit's budget (budget modes): MACs, or predicted ms under a latency budget (the name
+    # predates latency budgets; report.json files keep it)
+    budget_macs: float | None
     finetune_loss: float
     val_acc: float
     macs: int
