@@ -142,7 +142,7 @@ def _add_train(sub: Subparsers, cmd: Command) -> None:
 def _add_prune(sub: Subparsers, cmd: Command) -> None:
     r = sub.add_parser(
         "prune",
-        help="RL filter pruning of a checkpoint (layer by layer, or jointly for MAC or latency budgets)",
+        help="RL filter pruning of a checkpoint (layer by layer, or jointly for MAC budgets)",
     )
     r.add_argument("--checkpoint", required=True, help="model.pt to prune (required)")
     _data_args(r)
@@ -269,8 +269,8 @@ def _add_profile(sub: Subparsers, cmd: Command) -> None:
         "--clock",
         choices=["wall", "cpu"],
         default="wall",
-        help="what is timed: elapsed time, or the CPU time of the one timing thread (needs "
-        "--threads 1; steadier on a shared machine) (default: wall)",
+        help="what is timed: elapsed time, or the CPU time of the one timing thread, which "
+        "leaves out time the core spent elsewhere (needs --threads 1) (default: wall)",
     )
     p.add_argument(
         "--nchw", action="store_true", help="time in NCHW, not NHWC (default: NHWC, as searched)"

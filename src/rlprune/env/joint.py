@@ -82,20 +82,28 @@ class JointEnv:
             torch.arange(len(self.units)), torch.tensor(self.sizes)
         )
         self.mac_model = UnitMacs(model, self.units, example_input)
-        self.latency: LatencyModel | None = None
-        self.cost_model: Callable[[dict[str, int]], float] = self.mac_model
-        self.priced: Literal["MAC", "latency"] = "MAC"  # what log lines call the budget
-        self.base_cost = float(base_macs)
-        self.target = cfg.reward.target_macs * base_macs
         if (lut is not None) != (cfg.reward.efficiency == "latency"):
             raise ConfigError("the joint search prices latency with a table: both or neither")
+        self.latency: LatencyModel | None = None
+        self.base_cost = float(base_macs)
+        self.target = cfg.reward.target_macs * base_macs
         if lut is not None:
-            self.latency = self.cost_model = lut.model(cfg.reward.latency_batch)
-            self.priced, self.base_cost = "latency", self.latency.total
+            self.latency = lut.model(cfg.reward.latency_batch)
+            self.base_cost = self.latency.total
             self.target = cfg.reward.target_latency * self.base_cost
         self.min_keep = [resolve_min_keep(cfg.min_keep, c) for c in self.sizes]
         self._masks = [UnitMask(model, u) for u in self.units]
         self._cursor = 0
+
+    @property
+    def cost_model(self) -> Callable[[dict[str, int]], float]:
+        """The budget's price of per-unit kept counts: the latency table's or the MAC model."""
+        return self.mac_model if self.latency is None else self.latency
+
+    @property
+    def priced(self) -> Literal["MAC", "latency"]:
+        """What log lines call the budget."""
+        return "MAC" if self.latency is None else "latency"
 
     @property
     def n_filters(self) -> int:

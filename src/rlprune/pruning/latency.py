@@ -20,9 +20,9 @@ widths, input shape); :meth:`LatencyLUT.check_fits` refuses it for any other mod
 
 Clocks (:data:`Clock`): ``wall`` is elapsed time (``time.perf_counter``), what a user waits for;
 ``cpu`` is the CPU time of the calling thread (``time.thread_time``). On a shared machine the
-CPU clock leaves out the time the scheduler or the hypervisor gives the core to someone else,
-so it swings less between measurements; it still includes cache and memory-bandwidth
-contention. It counts only work done in the calling thread, so it is refused unless the
+CPU clock leaves out the time the scheduler or the hypervisor gives the core to someone else;
+it still includes cache and memory-bandwidth contention and the core's own speed, so it need
+not swing less (on this project's VM it did not: docs/LATENCY.md). It counts only work done in the calling thread, so it is refused unless the
 measurement runs on one thread on the CPU (:func:`check_clock`).
 """
 

@@ -15,7 +15,7 @@
 Per-layer tables are timed in eager torch for every runtime; the runtime enters through the
 whole-model calibration (and the measured latencies the report compares predictions with).
 Every timing reads one clock (:data:`~rlprune.pruning.latency.Clock`): wall time by default, or
-the calling thread's CPU time (1 thread only), which a busy shared machine disturbs less.
+the calling thread's CPU time (1 thread only), which leaves out time the core spent elsewhere.
 """
 
 from __future__ import annotations
@@ -199,6 +199,10 @@ def uniform_cut(
     return out.eval()
 
 
+def _on_cuda(model: nn.Module, example: torch.Tensor) -> bool:
+    return example.is_cuda or any(p.is_cuda for p in model.parameters())
+
+
 def measure_runtime(model: nn.Module, example: torch.Tensor, batch: int, threads: int,
                     runtime: Runtime = "torch", runs: int = 20, clock: Clock = "wall") -> float:  # fmt: skip
     """Median ms of a whole forward at ``batch`` with ``threads`` threads in ``runtime``, on
@@ -207,8 +211,7 @@ def measure_runtime(model: nn.Module, example: torch.Tensor, batch: int, threads
     Raises:
         ConfigError: ``clock="cpu"`` with other than 1 thread, or on CUDA (one line).
     """
-    cuda = example.is_cuda or any(p.is_cuda for p in model.parameters())
-    check_clock(clock, threads, cuda)
+    check_clock(clock, threads, _on_cuda(model, example))
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     x = (
@@ -338,8 +341,7 @@ def profile_latency(model: nn.Module, example: torch.Tensor, batches: Sequence[i
         ConfigError: ``clock="cpu"`` with other than 1 thread, or on CUDA (one line).
     """
     n = threads or torch.get_num_threads()
-    cuda = example.is_cuda or any(p.is_cuda for p in model.parameters())
-    check_clock(clock, n, cuda)
+    check_clock(clock, n, _on_cuda(model, example))
     model = copy.deepcopy(model).eval()
     units = find_units(model, example)
     cuts = {f: uniform_cut(model, example, f) for f in sorted({1.0, *calibration}, reverse=True)}

@@ -2,9 +2,9 @@
 
 :func:`prune` sets up what every strategy shares (:class:`~rlprune.search.session.Session`),
 runs the strategy ``PruneConfig.search_strategy()`` resolves, then does the final fine-tune,
-measures the result and writes the run folder's outputs. Strategies live beside it: ``layerwise`` (Huang et
-al. 2018, :mod:`rlprune.search.layerwise`) and ``joint`` (all units at once, DECORE-style,
-:mod:`rlprune.search.joint`).
+measures the result and writes the run folder's outputs. Strategies live beside it:
+``layerwise`` (Huang et al. 2018, :mod:`rlprune.search.layerwise`) and ``joint`` (all units at
+once, DECORE-style, :mod:`rlprune.search.joint`).
 """
 
 from __future__ import annotations
