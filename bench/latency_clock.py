@@ -63,6 +63,19 @@ def _structures(base: nn.Module, example: torch.Tensor) -> dict[str, tuple[nn.Mo
     return out
 
 
+def _sweep(base: nn.Module, example: torch.Tensor, full: dict[str, int]
+           ) -> dict[str, tuple[nn.Module, dict[str, int]]]:  # fmt: skip
+    """Every unit kept at ``k/16`` of its width, k = 4..16 (L1 filters): on resnet20 widths
+    k/2k/4k, so aligned (multiples of 8 or 16) and unaligned widths alternate."""
+    out = {}
+    for k in range(16, 3, -1):
+        counts = {u: max(1, round(c * k / 16)) for u, c in full.items()}
+        model = copy.deepcopy(base)
+        prune_to_target(model, "l1-rl-ratios", 1.0, example, counts=counts)
+        out[f"uniform {k}/16"] = (set_layout(model, True).eval(), counts)
+    return out
+
+
 def _spread(xs: list[float]) -> float:
     return (max(xs) - min(xs)) / statistics.median(xs)
 
@@ -78,7 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     lut = profile_latency(base, example, BATCHES, threads=1, runs=args.profile_runs, clock="cpu")
     profile_s = time.perf_counter() - t0
     print(f"{args.model}: table profiled on the cpu clock in {profile_s:.0f} s")
-    nets = _structures(base, example)
+    nets = _sweep(base, example, dict(lut.units)) if args.sweep else _structures(base, example)
     base_macs = count_macs_params(base, example)[0]
     times: dict[tuple[str, int, str], list[float]] = {}
     t0 = time.perf_counter()
@@ -132,6 +145,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=20, help="timed passes per b64 measurement (b1: 5x)")
     p.add_argument("--profile-runs", type=int, default=10, help="timed calls per probe")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--sweep", action="store_true",
+                   help="structures: every unit at k/16 of its width, k = 4..16")  # fmt: skip
     args = p.parse_args()
     res = run(args)
     show(res)
