@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "docs" / "results" / "base"
 CELLS = ROOT / "docs" / "results" / "latency"
 RUNS = ROOT / "runs" / "latency_aware"
+WALK_CELLS, WALK_RUNS = CELLS, RUNS  # the layer-wise cells, which ``match`` takes targets from
 DATA = "/usr/share/datasets/fashion-mnist"
 # bench/results.yaml's fine-tune budget; the walk, as docs/LATENCY.md's table was made (auto
 # would run the joint search for both budgets)
@@ -202,6 +203,52 @@ def remeasure(args: argparse.Namespace) -> None:
     print(f"{cell}: measured again side by side")
 
 
+def match(args: argparse.Namespace) -> None:
+    """This strategy's latency-aware search at the layer-wise cell's latency target (each
+    strategy's own MACs-aware model sets its target in ``run``, so two strategies' cells differ
+    in target); measured side by side with the walk's latency-aware model. Writes
+    ``{cells}/matched/{model}_s{seed}.json``."""
+    name, seed, t = args.model, args.seed, args.threads
+    out = CELLS / "matched" / f"{name}_s{seed}.json"
+    if out.exists():
+        print(f"{out} exists: skipped")
+        return
+    walk = json.loads((WALK_CELLS / f"{name}_s{seed}.json").read_text())
+    kind = "latency" if walk.get("attempts", 1) == 1 else "latency2"
+    base, spec, _ = load_model(BASE / f"{name}.pt")
+    assert spec is not None
+    example = spec.example_input()
+    lut_path = _lut(set_layout(base, True).eval(), example, name, t, args.clock, args.lut)
+    lut = LatencyLUT.load(lut_path)
+    reward = RewardConfig(mode="budget", efficiency="latency", target_latency=walk["target_latency"],
+                          latency_table=str(lut_path), latency_batch=64)  # fmt: skip
+    model, counts, acc = _search(name, seed, "matched", reward, args)
+    walk_model = load_model(WALK_RUNS / name / f"{kind}_s{seed}" / "model.pt")[0]
+    nets = {"baseline": base, "walk": walk_model, args.strategy: model}
+    times: dict[tuple[str, int], list[float]] = {}
+    for _ in range(6):  # interleaved rounds, as _side_by_side
+        for key, net in nets.items():
+            set_layout(net, True).eval()
+            for b in BATCHES:
+                ms = measure_runtime(net, example, b, t, "torch", args.runs, lut.clock)
+                times.setdefault((key, b), []).append(ms)
+    full = dict(lut.units)
+    kept = {"baseline": full, "walk": walk["latency_aware"]["kept"], args.strategy: counts}
+    accs = {"walk": walk["latency_aware"]["test_acc"], args.strategy: acc}
+    row = {"model": name, "seed": seed, "target_latency": walk["target_latency"],
+           "clock": lut.clock, "threads": t, "cpu": cpu_info(), "torch": torch.__version__}  # fmt: skip
+    for key, net in nets.items():
+        row[key] = {"test_acc": accs.get(key), "kept": kept[key],
+                    "macs": count_macs_params(net, example)[0]}  # fmt: skip
+        for b in BATCHES:
+            row[key][f"b{b}_predicted_ms"] = lut.model(b)(kept[key])
+            row[key][f"b{b}_measured_ms"] = statistics.median(times[key, b])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(row, indent=1))
+    print(f"{name} s{seed}: {args.strategy} {acc:.2f}% against the walk's {accs['walk']:.2f}% "
+          f"at latency target {walk['target_latency']:.3f} -> {out}")  # fmt: skip
+
+
 def _fmt_row(r: dict[str, Any], key: str, base: dict[str, Any]) -> str:
     m = r[key]
     errs = [m[f"b{b}_predicted_ms"] / m[f"b{b}_measured_ms"] - 1 for b in BATCHES]
@@ -258,6 +305,7 @@ def collect(args: argparse.Namespace) -> None:
                   f"--threads {r0['threads']}"
                   + (" --strategy joint" if search == "joint" else "")
                   + "` for each model and seed, then `collect`."]  # fmt: skip
+    lines += _matched_lines(search)
     md = (
         ROOT / "docs" / "LATENCY.md"
         if CELLS == ROOT / "docs/results/latency"
@@ -267,6 +315,36 @@ def collect(args: argparse.Namespace) -> None:
     kept = md.read_text().partition(ANALYSIS)[2] if md.exists() else ""
     md.write_text("\n".join(lines) + "\n\n" + ANALYSIS + kept)
     print("\n".join(lines))
+
+
+def _matched_lines(search: str) -> list[str]:
+    """The table of ``match`` cells: this search against the walk at one latency target."""
+    rows = [json.loads(p.read_text()) for p in sorted((CELLS / "matched").glob("*_s*.json"))]
+    if not rows:
+        return []
+    key = "joint" if search == "joint" else "layerwise"
+    out = ["", f"## The {search} search against the layer-wise walk at the walk's latency target",
+           "", "`bench/latency_aware.py match --model M --seed S --strategy joint`: the latency-aware",
+           "search at the layer-wise cell's `target_latency`, the same table, seed and fine-tune",
+           "budget; the baseline and both models timed side by side (6 interleaved rounds);",
+           "latencies as ratios to the baseline's.", "",
+           "| model | seed | target | walk acc | joint acc | walk pred / meas b64 | joint pred / meas b64 "
+           "| walk / joint meas b1 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        b, w, j = r["baseline"], r["walk"], r[key]
+        rel = [{k: m[f"b{n}_{k}_ms"] / b[f"b{n}_{k}_ms"] for k in ("predicted", "measured")}
+               for m in (w, j) for n in (64,)]  # fmt: skip
+        out.append(f"| {r['model']} | {r['seed']} | {r['target_latency']:.3f} | "
+                   f"{w['test_acc']:.2f}% | {j['test_acc']:.2f}% | "
+                   f"{rel[0]['predicted']:.3f} / {rel[0]['measured']:.3f} | "
+                   f"{rel[1]['predicted']:.3f} / {rel[1]['measured']:.3f} | "
+                   f"{w['b1_measured_ms'] / b['b1_measured_ms']:.3f} / "
+                   f"{j['b1_measured_ms'] / b['b1_measured_ms']:.3f} |")  # fmt: skip
+    for name in sorted({r["model"] for r in rows}):
+        rs = [r for r in rows if r["model"] == name]
+        d = statistics.fmean(r[key]["test_acc"] - r["walk"]["test_acc"] for r in rs)
+        out.append(f"\n{name}: {search} minus walk {d:+.2f} pp over {len(rs)} seed(s).")
+    return out
 
 
 def rounding(args: argparse.Namespace) -> None:
@@ -308,7 +386,7 @@ def rounding(args: argparse.Namespace) -> None:
 def main() -> None:
     global CELLS, RUNS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("action", choices=["run", "collect", "rounding", "remeasure"])
+    p.add_argument("action", choices=["run", "collect", "rounding", "remeasure", "match"])
     p.add_argument("--model", default="vgg-small", choices=["vgg-small", "resnet20"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="threads of every timing")
@@ -337,7 +415,8 @@ def main() -> None:
         CELLS, RUNS = Path(args.cells), Path(args.cells) / "runs"
     if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
         print("warning: the machine is busy; latencies will be noisy")
-    actions = {"run": run, "collect": collect, "rounding": rounding, "remeasure": remeasure}
+    actions = {"run": run, "collect": collect, "rounding": rounding, "remeasure": remeasure,
+               "match": match}  # fmt: skip
     actions[args.action](args)
 
 
