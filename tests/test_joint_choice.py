@@ -210,7 +210,7 @@ def test_cut_copy_computes_what_the_masked_network_computes_and_leaves_it_masked
     env.close()
 
 
-def test_auto_strategy_is_joint_for_mac_budgets_in_one_process_only() -> None:
+def test_auto_strategy_is_joint_for_mac_and_latency_budgets_in_one_process_only() -> None:
     from rlprune.config import PruneConfig, RewardConfig
 
     macs = RewardConfig(mode="budget", target_macs=0.5)
@@ -220,8 +220,8 @@ def test_auto_strategy_is_joint_for_mac_budgets_in_one_process_only() -> None:
     amc = RewardConfig(mode="amc", target_macs=0.5)
     assert PruneConfig(reward=amc).search_strategy() == "layerwise"
     lat = RewardConfig(mode="budget", efficiency="latency", target_latency=0.5)
-    assert PruneConfig(reward=lat).search_strategy() == "layerwise"  # not benchmarked yet
-    assert PruneConfig(strategy="joint", reward=lat).search_strategy() == "joint"  # on request
+    assert PruneConfig(reward=lat).search_strategy() == "joint"
+    assert PruneConfig(strategy="layerwise", reward=lat).search_strategy() == "layerwise"
     assert PruneConfig(strategy="layerwise", reward=macs).search_strategy() == "layerwise"
     for walk_only in (
         PruneConfig(reward=RewardConfig(mode="budget", target_macs=0.5, project=True)),

@@ -122,8 +122,7 @@ def test_the_joint_search_lands_on_the_latency_target(tmp_path: Path) -> None:
     path = _lut().save(tmp_path / "lut.json")
     cfg = _cfg(TARGET)
     cfg = dataclasses.replace(cfg, reward=dataclasses.replace(cfg.reward, latency_table=str(path)))
-    assert cfg.search_strategy() == "layerwise"  # auto walks: joint on request only
-    cfg = dataclasses.replace(cfg, strategy="joint")
+    assert cfg.search_strategy() == "joint"  # what auto runs for a latency budget
     run = tmp_path / "run"
     res = prune(
         TwoUnitToy(), toy_split(256, 0), toy_split(300, 1), cfg, test=toy_split(200, 2),

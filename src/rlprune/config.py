@@ -355,15 +355,15 @@ class PruneConfig:
     joint: JointConfig = dataclasses.field(default_factory=JointConfig)
 
     def search_strategy(self, distributed: bool = False) -> StrategyName:
-        """The strategy that runs. ``auto``: the joint search for plain MAC budgets in one
-        process (above the layer-wise walk at every target of docs/RESULTS.md, in a fraction of
-        its time); the layer-wise walk otherwise: accuracy-bounded and AMC modes, filter or
-        latency efficiency (``strategy=joint`` takes latency budgets, not yet benchmarked
-        against the walk), ``reward.project`` (settings the walk reads), torchrun."""
+        """The strategy that runs. ``auto``: the joint search for MAC and latency budgets in
+        one process (above the layer-wise walk at every MAC target of docs/RESULTS.md, in a
+        fraction of its time, and at the walk's own latency targets in docs/LATENCY.md); the
+        layer-wise walk otherwise: accuracy-bounded and AMC modes, filter efficiency,
+        ``reward.project`` (settings the walk reads), torchrun."""
         if self.strategy != "auto":
             return self.strategy
         r = self.reward
-        plain = r.mode == "budget" and r.efficiency == "macs" and not r.project
+        plain = r.mode == "budget" and r.efficiency in ("macs", "latency") and not r.project
         return "joint" if plain and not distributed else "layerwise"
 
     def __post_init__(self) -> None:
