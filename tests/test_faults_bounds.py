@@ -158,6 +158,30 @@ def test_disk_full_while_saving(tmp_path: Path) -> None:
     assert not (out / "model.pt").exists() and not list(out.glob(".*.tmp"))
 
 
+def test_ctrl_c_inside_a_save_stays_a_ctrl_c(tmp_path: Path) -> None:
+    """torch.save's zip writer raises RuntimeError("unexpected pos ...") while a Ctrl-C that hit
+    it mid-write unwinds: the KeyboardInterrupt must come out (the CLI exits 130 and resumes),
+    not the RuntimeError (exit 1), and no temp file or partial file is left."""
+    from rlprune.checkpoint import atomic_write
+
+    def write(f: object) -> None:
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3 vs 2")
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "agent.pt", write)
+    assert list(tmp_path.iterdir()) == []
+
+    def broken(f: object) -> None:
+        raise RuntimeError("unexpected pos 3 vs 2")
+
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # alone, it is not a Ctrl-C
+        atomic_write(tmp_path / "agent.pt", broken)
+    assert list(tmp_path.iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- data
 def _idx_header(dims: tuple[int, ...]) -> bytes:
     return bytes([0, 0, 0x08, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims)

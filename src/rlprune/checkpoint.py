@@ -20,7 +20,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -71,9 +71,14 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
         os.replace(tmp, path)  # replaces a link planted meanwhile, never its target
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        interrupt = _in_chain(e, KeyboardInterrupt)
+        if interrupt is not None and interrupt is not e:
+            # Ctrl-C inside torch.save: its zip writer's cleanup raises "unexpected pos" on top
+            # of the KeyboardInterrupt, which must still reach the CLI (exit 130, resumable)
+            raise interrupt from None
         if isinstance(e, OSError):
             raise RlpruneError(f"cannot write {path}: {e.strerror or e}") from e
-        cause = _os_error(e)
+        cause = _in_chain(e, OSError)
         if isinstance(e, RuntimeError) and (cause is not None or "write" in str(e).lower()):
             # torch.save reports a full disk as a RuntimeError ("file write failed", or an
             # "unexpected pos" raised while an OSError is being handled)
@@ -83,11 +88,14 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
     return path
 
 
-def _os_error(e: BaseException) -> OSError | None:
-    """The OSError in ``e``'s chain of causes, if any."""
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _in_chain(e: BaseException, kind: type[_E]) -> _E | None:
+    """The first ``kind`` in ``e``'s chain of causes (``e`` itself first), if any."""
     seen: BaseException | None = e
     for _ in range(10):
-        if seen is None or isinstance(seen, OSError):
+        if seen is None or isinstance(seen, kind):
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
