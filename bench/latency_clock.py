@@ -33,6 +33,7 @@ from torch import nn
 
 from rlprune.baselines import prune_to_target
 from rlprune.checkpoint import load_model
+from rlprune.machine import malloc_mode, steady_malloc
 from rlprune.models import set_layout
 from rlprune.pruning import count_macs_params
 from rlprune.pruning.latency import Clock
@@ -115,6 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "error": predicted / statistics.median(cpu) - 1})  # fmt: skip
     return {
         "model": args.model, "cpu": cpu_info(), "torch": torch.__version__, "threads": 1,
+        "malloc": malloc_mode(),
         "rounds": args.rounds, "runs_b64": args.runs, "runs_b1": 5 * args.runs,
         "profile_runs": args.profile_runs, "profile_s": profile_s, "measure_s": measure_s,
         "loadavg_start": load0, "loadavg_end": os.getloadavg(),
@@ -123,7 +125,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def show(res: dict[str, Any]) -> None:
-    print(f"\n{res['model']}, {res['cpu']}, torch {res['torch']}, {res['threads']} thread; "
+    print(f"\n{res['model']}, {res['cpu']}, torch {res['torch']}, {res['threads']} thread, "
+          f"{res.get('malloc', 'system')} malloc; "
           f"{res['rounds']} rounds x {res['runs_b64']} (b64) / {res['runs_b1']} (b1) passes; "
           f"profile {res['profile_s']:.0f} s, measurements {res['measure_s']:.0f} s; "
           f"load average {res['loadavg_start'][0]:.2f} -> {res['loadavg_end'][0]:.2f}")  # fmt: skip
@@ -145,9 +148,13 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=20, help="timed passes per b64 measurement (b1: 5x)")
     p.add_argument("--profile-runs", type=int, default=10, help="timed calls per probe")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--steady-malloc", action="store_true",
+                   help="keep large blocks on glibc's heap (rlprune.machine.steady_malloc)")  # fmt: skip
     p.add_argument("--sweep", action="store_true",
                    help="structures: every unit at k/16 of its width, k = 4..16")  # fmt: skip
     args = p.parse_args()
+    if args.steady_malloc and not steady_malloc():
+        raise SystemExit("--steady-malloc: no glibc mallopt here")
     res = run(args)
     show(res)
     if args.json:

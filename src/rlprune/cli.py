@@ -253,6 +253,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     """Measure the latency table of a checkpoint on this machine and save it as JSON."""
     from rlprune.checkpoint import load_model
+    from rlprune.machine import steady_malloc
     from rlprune.models import set_layout
     from rlprune.pruning.profile import profile_latency
 
@@ -267,6 +268,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_writable(out.parent if str(out.parent) else Path("."))
     set_layout(model, not args.nchw)
+    if args.steady_malloc and not steady_malloc():
+        raise RlpruneError("--steady-malloc needs glibc's malloc (mallopt), not found here")
     t0 = time.perf_counter()
     lut = profile_latency(
         model, spec.example_input(), batches, args.threads, args.runtime, clock=args.clock
@@ -279,7 +282,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
             f"ms measured, fit within {max(errs):.1%} at uniform cuts"
         )
     print(
-        f"{lut.machine['cpu']}, {lut.runtime}, {lut.threads} thread(s), {lut.clock} clock; "
+        f"{lut.machine['cpu']}, {lut.runtime}, {lut.threads} thread(s), {lut.clock} clock, "
+        f"{lut.machine['malloc']} malloc; "
         f"{time.perf_counter() - t0:.0f} s -> {out}"
     )
     return 0

@@ -273,6 +273,12 @@ def _add_profile(sub: Subparsers, cmd: Command) -> None:
         "leaves out time the core spent elsewhere (needs --threads 1) (default: wall)",
     )
     p.add_argument(
+        "--steady-malloc",
+        action="store_true",
+        help="keep large blocks on glibc's heap while timing (no page faults per layer output; "
+        "deploy with MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 to match)",
+    )
+    p.add_argument(
         "--nchw", action="store_true", help="time in NCHW, not NHWC (default: NHWC, as searched)"
     )
     p.set_defaults(func=cmd)

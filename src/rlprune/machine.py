@@ -4,12 +4,15 @@ cell fine-tuned on a GPU (bf16 autocast) is not one fine-tuned on a CPU (fp32)."
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import os
 import platform
 from pathlib import Path
 
 import torch
 
-__all__ = ["CPU_FLAGS", "cpu_summary", "device_summary"]
+__all__ = ["CPU_FLAGS", "cpu_summary", "device_summary", "malloc_mode", "steady_malloc"]
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")  # what sets CPU kernel speed
 
@@ -36,3 +39,48 @@ def device_summary(device: torch.device | str) -> str:
     if dev.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(dev)}"
     return dev.type
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_MMAP_MAX_THRESHOLD = 32 << 20  # glibc's upper limit for M_MMAP_THRESHOLD on 64-bit
+_steady = False
+
+
+def steady_malloc() -> bool:
+    """Keep glibc's malloc from mapping large blocks freshly from the kernel on every call.
+
+    By default glibc serves blocks above its (self-adjusting) mmap threshold with ``mmap`` and
+    returns them on ``free``, so a network whose activations are a few MB takes page faults
+    (zeroed pages) for every layer output in every forward, and the threshold's adjustments
+    change that from one minute to the next. Measured on resnet20 at batch 64, 1 thread
+    (docs/LATENCY.md): 65-70 ms by default against 46-48 ms with large blocks kept on the
+    heap. This is what ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824``
+    does for a deployed process. Returns whether it took effect (glibc only); the process
+    then keeps up to 1 GiB of freed memory instead of returning it.
+    """
+    global _steady
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        return False
+    if mallopt is None:
+        return False
+    ok = all(
+        mallopt(param, value) == 1
+        for param, value in (
+            (_M_MMAP_THRESHOLD, _MMAP_MAX_THRESHOLD),
+            (_M_TRIM_THRESHOLD, 1 << 30),
+            (_M_TOP_PAD, 64 << 20),
+        )
+    )
+    _steady = _steady or ok
+    return ok
+
+
+def malloc_mode() -> str:
+    """``steady`` after :func:`steady_malloc` (or with glibc's ``MALLOC_MMAP_THRESHOLD_`` set
+    in the environment), else ``system``: what latency measurements in this process ran under."""
+    return "steady" if _steady or "MALLOC_MMAP_THRESHOLD_" in os.environ else "system"

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from rlprune.errors import PruningError
-from rlprune.machine import cpu_summary
+from rlprune.machine import cpu_summary, malloc_mode
 from rlprune.models import is_channels_last, set_layout
 from rlprune.pruning.importance import filter_l1
 from rlprune.pruning.latency import (
@@ -358,6 +358,7 @@ def profile_latency(model: nn.Module, example: torch.Tensor, batches: Sequence[i
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "channels_last": is_channels_last(model),
+        "malloc": malloc_mode(),
     }
     return LatencyLUT(
         {u.name: u.channels for u in units}, tuple(example.shape[1:]), machine, runtime, n,
