@@ -276,7 +276,8 @@ def _add_profile(sub: Subparsers, cmd: Command) -> None:
         "--steady-malloc",
         action="store_true",
         help="keep large blocks on glibc's heap while timing (no page faults per layer output; "
-        "deploy with MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 to match)",
+        "deploy with MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 to match) "
+        "(default: off)",
     )
     p.add_argument(
         "--nchw", action="store_true", help="time in NCHW, not NHWC (default: NHWC, as searched)"
