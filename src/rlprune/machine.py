@@ -9,10 +9,18 @@ import ctypes.util
 import os
 import platform
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-__all__ = ["CPU_FLAGS", "cpu_summary", "device_summary", "malloc_mode", "steady_malloc"]
+__all__ = [
+    "CPU_FLAGS",
+    "MallocMode",
+    "cpu_summary",
+    "device_summary",
+    "malloc_mode",
+    "steady_malloc",
+]
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")  # what sets CPU kernel speed
 
@@ -44,6 +52,7 @@ def device_summary(device: torch.device | str) -> str:
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _MMAP_MAX_THRESHOLD = 32 << 20  # glibc's upper limit for M_MMAP_THRESHOLD on 64-bit
+MallocMode = Literal["system", "steady"]
 _steady = False
 
 
@@ -54,8 +63,8 @@ def steady_malloc() -> bool:
     returns them on ``free``, so a network whose activations are a few MB takes page faults
     (zeroed pages) for every layer output in every forward, and the threshold's adjustments
     change that from one minute to the next. Measured on resnet20 at batch 64, 1 thread
-    (docs/LATENCY.md): 65-70 ms by default against 46-48 ms with large blocks kept on the
-    heap. This is what ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824``
+    (docs/LATENCY.md, ``bench/malloc_whole.py``): 83 ms by default against 57 ms with large
+    blocks kept on the heap (medians; vgg-small gained nothing). This is what ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824``
     does for a deployed process. Returns whether it took effect (glibc only); the process
     then keeps up to 1 GiB of freed memory instead of returning it.
     """
@@ -80,7 +89,7 @@ def steady_malloc() -> bool:
     return ok
 
 
-def malloc_mode() -> str:
+def malloc_mode() -> MallocMode:
     """``steady`` after :func:`steady_malloc` (or with glibc's ``MALLOC_MMAP_THRESHOLD_`` set
     in the environment), else ``system``: what latency measurements in this process ran under."""
     return "steady" if _steady or "MALLOC_MMAP_THRESHOLD_" in os.environ else "system"
