@@ -20,6 +20,11 @@ runs/latency_aware/ resume too). ``collect`` writes docs/LATENCY.md from the cel
     .venv/bin/python bench/latency_aware.py rounding --model vgg-small [--threads 1]
     .venv/bin/python bench/latency_aware.py remeasure --model vgg-small --seed 0 [--threads 1]
 
+``--strategy joint`` runs both arms with the joint search (cells in docs/results/latency_joint;
+``--lut docs/results/latency/{model}_lut.json`` prices them with the walk's table), and
+``match --strategy joint`` runs the joint latency-aware search at the walk cell's own latency
+target and times it beside the walk's model (``{cells}/matched/``).
+
 ``--clock cpu`` (with ``--threads 1``) profiles a new table on the timing thread's CPU time;
 every latency compared with a table's prediction, or with another model's, is measured on the
 table's clock.
