@@ -60,8 +60,8 @@ CELLS = ROOT / "docs" / "results" / "latency"
 RUNS = ROOT / "runs" / "latency_aware"
 WALK_CELLS, WALK_RUNS = CELLS, RUNS  # the layer-wise cells, which ``match`` takes targets from
 DATA = "/usr/share/datasets/fashion-mnist"
-# bench/results.yaml's fine-tune budget; the walk, as docs/LATENCY.md's table was made (auto
-# would run the joint search for both budgets)
+# bench/results.yaml's fine-tune budget; the strategy is --strategy's (default: the walk, as
+# docs/LATENCY.md's first table was made)
 SETTINGS = {"finetune_steps": 50, "final_finetune_epochs": 0.5}
 BATCHES = (1, 64)
 ANALYSIS = "<!-- analysis (kept by collect) -->"
@@ -223,7 +223,9 @@ def match(args: argparse.Namespace) -> None:
     base, spec, _ = load_model(BASE / f"{name}.pt")
     assert spec is not None
     example = spec.example_input()
-    lut_path = _lut(set_layout(base, True).eval(), example, name, t, args.clock, args.lut)
+    # the walk's target is a ratio in the walk's table: price with that table unless told
+    given = args.lut or str(WALK_CELLS / f"{name}_lut.json")
+    lut_path = _lut(set_layout(base, True).eval(), example, name, t, args.clock, given)
     lut = LatencyLUT.load(lut_path)
     reward = RewardConfig(mode="budget", efficiency="latency", target_latency=walk["target_latency"],
                           latency_table=str(lut_path), latency_batch=64)  # fmt: skip
@@ -308,8 +310,10 @@ def collect(args: argparse.Namespace) -> None:
                   "batch-64 latency ratio (one corrected rerun when the measured latency misses it by > 3%).",
                   "Command: `.venv/bin/python bench/latency_aware.py run --model M --seed S "
                   f"--threads {r0['threads']}"
-                  + (" --strategy joint" if search == "joint" else "")
-                  + "` for each model and seed, then `collect`."]  # fmt: skip
+                  + (" --strategy joint --lut docs/results/latency/M_lut.json"
+                     if search == "joint" else "")
+                  + "` for each model and seed, then `collect"
+                  + (" --strategy joint`." if search == "joint" else "`.")]  # fmt: skip
     lines += _matched_lines(search)
     md = (
         ROOT / "docs" / "LATENCY.md"
@@ -329,12 +333,13 @@ def _matched_lines(search: str) -> list[str]:
         return []
     key = "joint" if search == "joint" else "layerwise"
     out = ["", f"## The {search} search against the layer-wise walk at the walk's latency target",
-           "", "`bench/latency_aware.py match --model M --seed S --strategy joint`: the latency-aware",
-           "search at the layer-wise cell's `target_latency`, the same table, seed and fine-tune",
+           "", f"`bench/latency_aware.py match --model M --seed S --strategy {key}`: the "
+           "latency-aware", "search at the layer-wise cell's `target_latency`, the same table, "
+           "seed and fine-tune",
            "budget; the baseline and both models timed side by side (6 interleaved rounds);",
            "latencies as ratios to the baseline's.", "",
-           "| model | seed | target | walk acc | joint acc | walk pred / meas b64 | joint pred / meas b64 "
-           "| walk / joint meas b1 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+           f"| model | seed | target | walk acc | {key} acc | walk pred / meas b64 | {key} pred / "
+           f"meas b64 | walk / {key} meas b1 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in rows:
         b, w, j = r["baseline"], r["walk"], r[key]
         rel = [{k: m[f"b{n}_{k}_ms"] / b[f"b{n}_{k}_ms"] for k in ("predicted", "measured")}

@@ -180,6 +180,11 @@ def test_ctrl_c_inside_a_save_stays_a_ctrl_c(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="unexpected pos"):  # alone, it is not a Ctrl-C
         atomic_write(tmp_path / "agent.pt", broken)
     assert list(tmp_path.iterdir()) == []
+    try:  # a save made while handling an earlier Ctrl-C reports its own failure
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        with pytest.raises(RuntimeError, match="unexpected pos"):
+            atomic_write(tmp_path / "agent.pt", broken)
 
 
 # ----------------------------------------------------------------------------- data

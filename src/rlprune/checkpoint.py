@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -58,6 +59,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
     """
     path = Path(path)
     refuse_link(path)
+    handling = sys.exc_info()[1]  # a save inside an ``except KeyboardInterrupt:`` block
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -72,7 +74,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         interrupt = _in_chain(e, KeyboardInterrupt)
-        if interrupt is not None and interrupt is not e:
+        if interrupt is not None and interrupt is not e and interrupt is not handling:
             # Ctrl-C inside torch.save: its zip writer's cleanup raises "unexpected pos" on top
             # of the KeyboardInterrupt, which must still reach the CLI (exit 130, resumable)
             raise interrupt from None

@@ -142,7 +142,7 @@ def _add_train(sub: Subparsers, cmd: Command) -> None:
 def _add_prune(sub: Subparsers, cmd: Command) -> None:
     r = sub.add_parser(
         "prune",
-        help="RL filter pruning of a checkpoint (layer by layer, or jointly for MAC budgets)",
+        help="RL filter pruning of a checkpoint (layer by layer, or jointly for MAC and latency budgets)",
     )
     r.add_argument("--checkpoint", required=True, help="model.pt to prune (required)")
     _data_args(r)

@@ -77,19 +77,22 @@ def steady_malloc() -> bool:
         return False
     if mallopt is None:
         return False
-    ok = all(
+    done = [  # every call made, even after a refusal: no half-set state goes unrecorded
         mallopt(param, value) == 1
         for param, value in (
             (_M_MMAP_THRESHOLD, _MMAP_MAX_THRESHOLD),
             (_M_TRIM_THRESHOLD, 1 << 30),
             (_M_TOP_PAD, 64 << 20),
         )
-    )
-    _steady = _steady or ok
+    ]
+    ok = all(done)
+    _steady = _steady or done[0]  # the mmap threshold is what keeps blocks on the heap
     return ok
 
 
 def malloc_mode() -> MallocMode:
-    """``steady`` after :func:`steady_malloc` (or with glibc's ``MALLOC_MMAP_THRESHOLD_`` set
-    in the environment), else ``system``: what latency measurements in this process ran under."""
-    return "steady" if _steady or "MALLOC_MMAP_THRESHOLD_" in os.environ else "system"
+    """``steady`` after :func:`steady_malloc` took effect, or with glibc's
+    ``MALLOC_MMAP_THRESHOLD_`` set to 32 MiB in the environment; else ``system``: what latency
+    measurements in this process ran under."""
+    env = os.environ.get("MALLOC_MMAP_THRESHOLD_", "")
+    return "steady" if _steady or (env.isdigit() and int(env) >= _MMAP_MAX_THRESHOLD) else "system"
