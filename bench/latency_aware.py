@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from latency_tables import BATCHES, write_page  # bench/, beside this script
 from rlprune.baselines import prune_to_target
 from rlprune.checkpoint import load_model
 from rlprune.config import PruneConfig, RewardConfig
@@ -63,8 +64,6 @@ DATA = "/usr/share/datasets/fashion-mnist"
 # bench/results.yaml's fine-tune budget; the strategy is --strategy's (default: the walk, as
 # docs/LATENCY.md's first table was made)
 SETTINGS = {"finetune_steps": 50, "final_finetune_epochs": 0.5}
-BATCHES = (1, 64)
-ANALYSIS = "<!-- analysis (kept by collect) -->"
 TOLERANCE = 0.03  # equal measured latency: the latency-aware model within 3% of the MACs-aware
 
 
@@ -170,6 +169,21 @@ def _paired_ratio(a: nn.Module, b: nn.Module, example: torch.Tensor, threads: in
     return statistics.median(ratios)
 
 
+def _interleaved(nets: dict[Any, nn.Module], example: torch.Tensor, threads: int, runs: int,
+                 clock: Clock, rounds: int = 6) -> dict[tuple[Any, int], float]:  # fmt: skip
+    """``(key, batch) -> ms``: the median over ``rounds`` interleaved rounds (every model and
+    batch once per round, NHWC) of each round's median of ``runs`` passes. This VM's speed
+    drifts over minutes, so only models timed together compare."""
+    times: dict[tuple[Any, int], list[float]] = {}
+    for _ in range(rounds):
+        for key, net in nets.items():
+            set_layout(net, True).eval()
+            for b in BATCHES:
+                ms = measure_runtime(net, example, b, threads, "torch", runs, clock)
+                times.setdefault((key, b), []).append(ms)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def _side_by_side(row: dict[str, Any], base: nn.Module, kinds: tuple[str, str], lut: LatencyLUT,
                   example: torch.Tensor, args: argparse.Namespace, rounds: int = 6) -> None:  # fmt: skip
     """Measure the baseline and both pruned models again, interleaved: ``rounds`` rounds of
@@ -180,18 +194,12 @@ def _side_by_side(row: dict[str, Any], base: nn.Module, kinds: tuple[str, str], 
     models = {"baseline": base}
     for key, kind in zip(("macs_aware", "latency_aware"), kinds, strict=True):
         models[key] = load_model(RUNS / row["model"] / f"{kind}_s{row['seed']}" / "model.pt")[0]
-    times: dict[tuple[str, int], list[float]] = {}
-    for _ in range(rounds):
-        for key, net in models.items():
-            set_layout(net, True).eval()
-            for b in BATCHES:
-                ms = measure_runtime(net, example, b, args.threads, "torch", args.runs, lut.clock)
-                times.setdefault((key, b), []).append(ms)
+    times = _interleaved(models, example, args.threads, args.runs, lut.clock, rounds)
     for key in models:
         m = row[key]
         m["search_measured"] = {b: m.get(f"b{b}_measured_ms") for b in BATCHES}
         for b in BATCHES:
-            m[f"b{b}_measured_ms"] = statistics.median(times[key, b])
+            m[f"b{b}_measured_ms"] = times[key, b]
     row["measured"] = f"side by side, median of {rounds} rounds x {args.runs} passes"
 
 
@@ -232,13 +240,7 @@ def match(args: argparse.Namespace) -> None:
     model, counts, acc = _search(name, seed, "matched", reward, args)
     walk_model = load_model(WALK_RUNS / name / f"{kind}_s{seed}" / "model.pt")[0]
     nets = {"baseline": base, "walk": walk_model, args.strategy: model}
-    times: dict[tuple[str, int], list[float]] = {}
-    for _ in range(6):  # interleaved rounds, as _side_by_side
-        for key, net in nets.items():
-            set_layout(net, True).eval()
-            for b in BATCHES:
-                ms = measure_runtime(net, example, b, t, "torch", args.runs, lut.clock)
-                times.setdefault((key, b), []).append(ms)
+    times = _interleaved(nets, example, t, args.runs, lut.clock)
     full = dict(lut.units)
     kept = {"baseline": full, "walk": walk["latency_aware"]["kept"], args.strategy: counts}
     accs = {"walk": walk["latency_aware"]["test_acc"], args.strategy: acc}
@@ -249,112 +251,15 @@ def match(args: argparse.Namespace) -> None:
                     "macs": count_macs_params(net, example)[0]}  # fmt: skip
         for b in BATCHES:
             row[key][f"b{b}_predicted_ms"] = lut.model(b)(kept[key])
-            row[key][f"b{b}_measured_ms"] = statistics.median(times[key, b])
+            row[key][f"b{b}_measured_ms"] = times[key, b]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(row, indent=1))
     print(f"{name} s{seed}: {args.strategy} {acc:.2f}% against the walk's {accs['walk']:.2f}% "
           f"at latency target {walk['target_latency']:.3f} -> {out}")  # fmt: skip
 
 
-def _fmt_row(r: dict[str, Any], key: str, base: dict[str, Any]) -> str:
-    m = r[key]
-    errs = [m[f"b{b}_predicted_ms"] / m[f"b{b}_measured_ms"] - 1 for b in BATCHES]
-    # the budget is a fraction of the baseline: what must hold is the predicted RATIO, which a
-    # drift of the machine's speed between profiling and measuring does not move
-    rel = [(m[f"b{b}_predicted_ms"] / base[f"b{b}_predicted_ms"])
-           / (m[f"b{b}_measured_ms"] / base[f"b{b}_measured_ms"]) - 1 for b in BATCHES]  # fmt: skip
-    return (f"| {r['model']} | {r['seed']} | {key.replace('_', '-')} | {m['test_acc']:.2f}% | "
-            f"{m['macs'] / base['macs']:.3f} | "
-            + " | ".join(f"{m[f'b{b}_measured_ms']:.3f} ({m[f'b{b}_measured_ms'] / base[f'b{b}_measured_ms']:.3f}x)" for b in BATCHES)
-            + " | " + " / ".join(f"{e:+.1%}" for e in errs)
-            + " | " + " / ".join(f"{e:+.1%}" for e in rel) + " |")  # fmt: skip
-
-
 def collect(args: argparse.Namespace) -> None:
-    rows = [json.loads(p.read_text()) for p in sorted(CELLS.glob("*_s*.json"))]
-    search = "joint" if rows and rows[0].get("strategy") == "joint" else "layer-wise"
-    where = CELLS.relative_to(ROOT) if CELLS.is_relative_to(ROOT) else CELLS
-    lines = ["# Latency-aware vs MACs-aware pruning at equal measured latency", "",
-             f"Generated by `bench/latency_aware.py collect` from {where}/.", "",
-             f"Per model and seed: the {search} search in budget mode at 0.5x MACs (MACs-aware),",
-             "then the same search priced by the model's latency table (`rlprune profile`,",
-             "batch 64) with `--target-latency` at the MACs-aware model's predicted latency",
-             "ratio; when the two models' batch-64 latencies, timed in alternation, differ by",
-             "more than 3%, one more latency-aware search at the corrected target (attempts = 2).",
-             "Both get the benchmark's fine-tune budget (`finetune_steps=50`,",
-             "`final_finetune_epochs=0.5`). The latencies below were measured at the end, the",
-             "baseline and both pruned models side by side (6 interleaved rounds of 30 timed",
-             "passes, median): this VM's speed drifts by 10-40% over minutes, so only numbers",
-             "timed together compare. Predictions are the table's, made once per model at the",
-             "start; the last column compares ratios to the baseline, which is what a",
-             "`--target-latency` budget constrains.", "",
-             "| model | seed | search | test acc | MACs ratio | b1 ms (vs base) | b64 ms (vs base) "
-             "| predicted vs measured ms (b1 / b64) | predicted vs measured ratio to baseline "
-             "(b1 / b64) |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for r in rows:
-        lines += [_fmt_row(r, k, r["baseline"]) + (f" attempts: {r.get('attempts', 1)}"
-                  if k == "latency_aware" else "") for k in ("macs_aware", "latency_aware")]  # fmt: skip
-    lines += ["", "| model | seeds | MACs-aware acc | latency-aware acc | diff (pp) |",
-              "|---|---:|---:|---:|---:|"]  # fmt: skip
-    for name in sorted({r["model"] for r in rows}):
-        rs = [r for r in rows if r["model"] == name]
-        a = [r["macs_aware"]["test_acc"] for r in rs]
-        b = [r["latency_aware"]["test_acc"] for r in rs]
-        lines.append(f"| {name} | {len(rs)} | {statistics.fmean(a):.2f}% | "
-                     f"{statistics.fmean(b):.2f}% | {statistics.fmean(b) - statistics.fmean(a):+.2f} |")  # fmt: skip
-    if rows:
-        r0 = rows[0]
-        lines += ["", f"CPU: {r0['cpu']}; {r0['threads']} thread(s); "
-                  f"{r0.get('clock', 'wall')} clock; torch {r0['torch']}; "
-                  f"MAC target {r0['target_macs']}; latency target = the MACs-aware model's predicted "
-                  "batch-64 latency ratio (one corrected rerun when the measured latency misses it by > 3%).",
-                  "Command: `.venv/bin/python bench/latency_aware.py run --model M --seed S "
-                  f"--threads {r0['threads']}"
-                  + (" --strategy joint --lut docs/results/latency/M_lut.json"
-                     if search == "joint" else "")
-                  + "` for each model and seed, then `collect"
-                  + (" --strategy joint`." if search == "joint" else "`.")]  # fmt: skip
-    lines += _matched_lines(search)
-    md = (
-        ROOT / "docs" / "LATENCY.md"
-        if CELLS == ROOT / "docs/results/latency"
-        else CELLS / "LATENCY.md"
-    )
-    # hand-written findings below the marker survive a new collect
-    kept = md.read_text().partition(ANALYSIS)[2] if md.exists() else ""
-    md.write_text("\n".join(lines) + "\n\n" + ANALYSIS + kept)
-    print("\n".join(lines))
-
-
-def _matched_lines(search: str) -> list[str]:
-    """The table of ``match`` cells: this search against the walk at one latency target."""
-    rows = [json.loads(p.read_text()) for p in sorted((CELLS / "matched").glob("*_s*.json"))]
-    if not rows:
-        return []
-    key = "joint" if search == "joint" else "layerwise"
-    out = ["", f"## The {search} search against the layer-wise walk at the walk's latency target",
-           "", f"`bench/latency_aware.py match --model M --seed S --strategy {key}`: the "
-           "latency-aware", "search at the layer-wise cell's `target_latency`, the same table, "
-           "seed and fine-tune",
-           "budget; the baseline and both models timed side by side (6 interleaved rounds);",
-           "latencies as ratios to the baseline's.", "",
-           f"| model | seed | target | walk acc | {key} acc | walk pred / meas b64 | {key} pred / "
-           f"meas b64 | walk / {key} meas b1 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for r in rows:
-        b, w, j = r["baseline"], r["walk"], r[key]
-        rel = [{k: m[f"b{n}_{k}_ms"] / b[f"b{n}_{k}_ms"] for k in ("predicted", "measured")}
-               for m in (w, j) for n in (64,)]  # fmt: skip
-        out.append(f"| {r['model']} | {r['seed']} | {r['target_latency']:.3f} | "
-                   f"{w['test_acc']:.2f}% | {j['test_acc']:.2f}% | "
-                   f"{rel[0]['predicted']:.3f} / {rel[0]['measured']:.3f} | "
-                   f"{rel[1]['predicted']:.3f} / {rel[1]['measured']:.3f} | "
-                   f"{w['b1_measured_ms'] / b['b1_measured_ms']:.3f} / "
-                   f"{j['b1_measured_ms'] / b['b1_measured_ms']:.3f} |")  # fmt: skip
-    for name in sorted({r["model"] for r in rows}):
-        rs = [r for r in rows if r["model"] == name]
-        d = statistics.fmean(r[key]["test_acc"] - r["walk"]["test_acc"] for r in rs)
-        out.append(f"\n{name}: {search} minus walk {d:+.2f} pp over {len(rs)} seed(s).")
-    return out
+    print(write_page(CELLS, ROOT))
 
 
 def rounding(args: argparse.Namespace) -> None:
@@ -379,17 +284,11 @@ def rounding(args: argparse.Namespace) -> None:
     for m in (1, 8, 16):
         models[m] = copy.deepcopy(base)
         prune_to_target(models[m], "l1-rl-ratios", 1.0, example, counts=counts, round_to=m)
-        set_layout(models[m], True).eval()
-    times: dict[tuple[int, int], list[float]] = {}
-    for _ in range(6):  # interleaved rounds: this VM's speed drifts over minutes
-        for m, model in models.items():
-            for b in BATCHES:
-                ms = measure_runtime(model, example, b, t, "torch", args.runs, args.clock)
-                times.setdefault((m, b), []).append(ms)
+    times = _interleaved(models, example, t, args.runs, args.clock)
     print("| round_to | MACs | b1 ms | b64 ms | b64 ms per MMAC |\n|---:|---:|---:|---:|---:|")
     for m, model in models.items():
         macs = count_macs_params(model, example)[0] / 1e6
-        lat = [statistics.median(times[m, b]) for b in BATCHES]
+        lat = [times[m, b] for b in BATCHES]
         print(f"| {m} | {macs:.2f}M | {lat[0]:.3f} | {lat[1]:.3f} | {lat[1] / macs:.3f} |")
 
 

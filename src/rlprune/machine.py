@@ -64,8 +64,9 @@ def steady_malloc() -> bool:
     (zeroed pages) for every layer output in every forward, and the threshold's adjustments
     change that from one minute to the next. Measured on resnet20 at batch 64, 1 thread
     (docs/LATENCY.md, ``bench/malloc_whole.py``): 83 ms by default against 57 ms with large
-    blocks kept on the heap (medians; vgg-small gained nothing). This is what ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824``
-    does for a deployed process. Returns whether it took effect (glibc only); the process
+    blocks kept on the heap (medians; vgg-small gained nothing). This is what
+    ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824`` does for a deployed
+    process. Returns whether it took effect (glibc only); the process
     then keeps up to 1 GiB of freed memory instead of returning it.
     """
     global _steady

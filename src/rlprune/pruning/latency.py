@@ -22,8 +22,9 @@ Clocks (:data:`Clock`): ``wall`` is elapsed time (``time.perf_counter``), what a
 ``cpu`` is the CPU time of the calling thread (``time.thread_time``). On a shared machine the
 CPU clock leaves out the time the scheduler or the hypervisor gives the core to someone else;
 it still includes cache and memory-bandwidth contention and the core's own speed, so it need
-not swing less (on this project's VM it did not: docs/LATENCY.md). It counts only work done in the calling thread, so it is refused unless the
-measurement runs on one thread on the CPU (:func:`check_clock`).
+not swing less (on this project's VM it did not: docs/LATENCY.md). It counts only work done in
+the calling thread, so it is refused unless the measurement runs on one thread on the CPU
+(:func:`check_clock`).
 """
 
 from __future__ import annotations
