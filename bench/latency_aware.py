@@ -51,7 +51,8 @@ from rlprune.config import PruneConfig, RewardConfig
 from rlprune.data import load_dataset
 from rlprune.models import set_layout
 from rlprune.pruning import count_macs_params
-from rlprune.pruning.latency import Clock, LatencyLUT
+from rlprune.pruning.clock import Clock
+from rlprune.pruning.latency import LatencyLUT
 from rlprune.pruning.profile import cpu_info, measure_runtime, profile_latency
 from rlprune.search import prune
 

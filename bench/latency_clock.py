@@ -5,14 +5,17 @@ prediction error cannot be told from the machine's drift. The CPU time of the on
 (``clock=cpu``, 1 thread) leaves out the time the core was given to someone else. This script,
 for one model (checkpoint in docs/results/base/, Fashion-MNIST input, NHWC, 1 thread):
 
-1. profiles a latency table at batch 1 and 64 on the CPU clock;
+1. profiles a latency table at batch 1 and 64 on the CPU clock, with in-model extras
+   (``layers="in-model"``); the same table refitted with its layers alone
+   (``LatencyTable.alone``) gives the second prediction, so both meet the same measurements;
 2. prunes copies to several structures: l1-uniform at 0.7/0.5/0.3 of the MACs (every unit cut
    alike) and global-magnitude masks at 0.5/0.3/0.15 (uneven cuts, unlike the uniform cuts the
    table's calibration saw);
 3. measures the baseline and every pruned model in ``--rounds`` interleaved rounds, each a
    median of ``--runs`` passes on the CPU clock and then on the wall clock;
-4. prints predicted vs measured (median of the rounds) and the spread between rounds
-   ((max - min) / median of the round medians) for both clocks.
+4. prints predicted vs measured (median of the rounds), both predictions' errors, the spread
+   between rounds ((max - min) / median of the round medians) for both clocks, and how many
+   structures each prediction got within 10%.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/latency_clock.py --model vgg-small [--json out.json]
 """
@@ -36,7 +39,8 @@ from rlprune.checkpoint import load_model
 from rlprune.machine import malloc_mode, steady_malloc
 from rlprune.models import set_layout
 from rlprune.pruning import count_macs_params
-from rlprune.pruning.latency import Clock
+from rlprune.pruning.clock import Clock
+from rlprune.pruning.latency import LatencyModel
 from rlprune.pruning.profile import cpu_info, measure_runtime, profile_latency
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +93,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     set_layout(base, True).eval()
     load0 = os.getloadavg()
     t0 = time.perf_counter()
-    lut = profile_latency(base, example, BATCHES, threads=1, runs=args.profile_runs, clock="cpu")
+    lut = profile_latency(
+        base, example, BATCHES, threads=1, runs=args.profile_runs, clock="cpu", layers="in-model"
+    )
     profile_s = time.perf_counter() - t0
     print(f"{args.model}: table profiled on the cpu clock in {profile_s:.0f} s")
     nets = _sweep(base, example, dict(lut.units)) if args.sweep else _structures(base, example)
@@ -109,11 +115,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         macs = count_macs_params(net, example)[0] / base_macs
         for b in BATCHES:
             predicted = lut.model(b)(counts)
+            alone = LatencyModel(lut.tables[b].alone(lut.units), lut.units)(counts)
             cpu, wall = times[label, b, "cpu"], times[label, b, "wall"]
             rows.append({"structure": label, "macs": macs, "batch": b, "predicted_ms": predicted,
                          "cpu_rounds_ms": cpu, "wall_rounds_ms": wall,
                          "cpu_ms": statistics.median(cpu), "wall_ms": statistics.median(wall),
-                         "error": predicted / statistics.median(cpu) - 1})  # fmt: skip
+                         "error": predicted / statistics.median(cpu) - 1,
+                         "predicted_alone_ms": alone,
+                         "error_alone": alone / statistics.median(cpu) - 1})  # fmt: skip
     return {
         "model": args.model, "cpu": cpu_info(), "torch": torch.__version__, "threads": 1,
         "malloc": malloc_mode(),
@@ -134,11 +143,18 @@ def show(res: dict[str, Any]) -> None:
         fit = ", ".join(f"{f:g}: {m:.3f}/{p:.3f}" for f, m, p in cal)
         print(f"b{b} calibration (keep fraction: measured/fitted cpu ms): {fit}")
     print("| structure | MACs | batch | predicted ms (cpu) | measured cpu ms (round spread) "
-          "| error | measured wall ms (round spread) |\n|---|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+          "| error | error, layers alone | measured wall ms (round spread) |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
     for r in res["rows"]:
+        alone = f"{r['error_alone']:+.1%}" if "error_alone" in r else "-"
         print(f"| {r['structure']} | {r['macs']:.3f} | {r['batch']} | {r['predicted_ms']:.3f} | "
               f"{r['cpu_ms']:.3f} ({_spread(r['cpu_rounds_ms']):.1%}) | {r['error']:+.1%} | "
-              f"{r['wall_ms']:.3f} ({_spread(r['wall_rounds_ms']):.1%}) |")  # fmt: skip
+              f"{alone} | {r['wall_ms']:.3f} ({_spread(r['wall_rounds_ms']):.1%}) |")  # fmt: skip
+    for b in BATCHES:
+        rows = [r for r in res["rows"] if r["batch"] == b]
+        hits = sum(abs(r["error"]) <= 0.1 for r in rows)
+        alone = sum(abs(r.get("error_alone", 1.0)) <= 0.1 for r in rows)
+        print(f"b{b}: within 10%: {hits}/{len(rows)} in-model, {alone}/{len(rows)} layers alone")
 
 
 def main() -> None:

@@ -20,7 +20,8 @@ from rlprune.cli import build_parser, main
 from rlprune.errors import ConfigError
 from rlprune.models import ModelSpec, build_model
 from rlprune.pruning import measure_latency
-from rlprune.pruning.latency import LatencyLUT, LatencyTable, LayerTerm, check_clock
+from rlprune.pruning.clock import check_clock
+from rlprune.pruning.latency import LatencyLUT, LatencyTable, LayerTerm
 from rlprune.pruning.metrics import time_calls
 from rlprune.pruning.profile import measure_runtime, profile_latency
 

@@ -272,8 +272,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
         raise RlpruneError("--steady-malloc needs glibc's malloc (mallopt), not found here")
     t0 = time.perf_counter()
     lut = profile_latency(
-        model, spec.example_input(), batches, args.threads, args.runtime, clock=args.clock
-    )
+        model, spec.example_input(), batches, args.threads, args.runtime, clock=args.clock,
+        layers=args.layers,
+    )  # fmt: skip
     lut.save(out)
     for b, table in sorted(lut.tables.items()):
         errs = [abs(p / m - 1) for _, m, p in table.calibration]
@@ -283,7 +284,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         )
     print(
         f"{lut.machine['cpu']}, {lut.runtime}, {lut.threads} thread(s), {lut.clock} clock, "
-        f"{lut.machine['malloc']} malloc; "
+        f"{lut.machine['malloc']} malloc, layers {lut.layers}; "
         f"{time.perf_counter() - t0:.0f} s -> {out}"
     )
     return 0

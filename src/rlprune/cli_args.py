@@ -280,6 +280,14 @@ def _add_profile(sub: Subparsers, cmd: Command) -> None:
         "(default: off)",
     )
     p.add_argument(
+        "--layers",
+        choices=["alone", "in-model"],
+        default="alone",
+        help="alone: each layer's grid timed alone; in-model: plus each layer's extra time inside "
+        "the whole forward (fresh output blocks, cold inputs), measured at the uniform cuts "
+        "(default: alone)",
+    )
+    p.add_argument(
         "--nchw", action="store_true", help="time in NCHW, not NHWC (default: NHWC, as searched)"
     )
     p.set_defaults(func=cmd)

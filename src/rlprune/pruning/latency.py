@@ -17,14 +17,7 @@ overheads are accounted for. Measuring the tables: :mod:`rlprune.pruning.profile
 The table is a JSON file (:meth:`LatencyLUT.save` / :meth:`LatencyLUT.load`) that records where
 it was made (CPU, threads, batch, runtime, clock, torch) and which model it fits (unit names and
 widths, input shape); :meth:`LatencyLUT.check_fits` refuses it for any other model.
-
-Clocks (:data:`Clock`): ``wall`` is elapsed time (``time.perf_counter``), what a user waits for;
-``cpu`` is the CPU time of the calling thread (``time.thread_time``). On a shared machine the
-CPU clock leaves out the time the scheduler or the hypervisor gives the core to someone else;
-it still includes cache and memory-bandwidth contention and the core's own speed, so it need
-not swing less (on this project's VM it did not: docs/LATENCY.md). It counts only work done in
-the calling thread, so it is refused unless the measurement runs on one thread on the CPU
-(:func:`check_clock`).
+Clocks: :mod:`rlprune.pruning.clock`.
 """
 
 from __future__ import annotations
@@ -32,35 +25,33 @@ from __future__ import annotations
 import bisect
 import json
 import math
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from rlprune.errors import ConfigError
+from rlprune.pruning.clock import CLOCKS, Clock
 
 __all__ = [
-    "CLOCKS",
     "LUT_FORMAT",
     "LUT_VERSION",
-    "Clock",
     "CostCurve",
     "LatencyLUT",
     "LatencyModel",
     "LatencyTable",
+    "LAYER_TIMINGS",
     "LayerTerm",
+    "LayerTiming",
     "Runtime",
-    "check_clock",
-    "clock_reader",
     "round_count",
 ]
 
 Runtime = Literal["torch", "export", "onnxruntime"]
-Clock = Literal["wall", "cpu"]
-CLOCKS: tuple[Clock, ...] = ("wall", "cpu")
+LayerTiming = Literal["alone", "in-model"]
+LAYER_TIMINGS: tuple[LayerTiming, ...] = ("alone", "in-model")
 LUT_FORMAT = "rlprune-latency-table"
 LUT_VERSION = 1
 _MAX_LUT_BYTES = 32 << 20
@@ -79,31 +70,7 @@ def round_count(kept: int, channels: int, multiple: int, need: int = 1) -> int:
     return min(options, key=lambda m: (abs(m - kept), -m))
 
 
-def check_clock(clock: str, threads: int, cuda: bool = False) -> None:
-    """Raise :class:`ConfigError` (one line) unless ``clock`` can time this measurement.
-
-    The CPU clock counts the calling thread only: with more threads the workers' share is
-    missed, and a CUDA kernel runs on the GPU while the thread waits. One thread means one
-    torch thread, or ONNX Runtime with ``intra_op_num_threads=1``, which runs its kernels in the
-    calling thread (checked on ORT 1.32: it starts no worker thread, and the thread's CPU time
-    equals the process's).
-    """
-    if clock not in CLOCKS:
-        raise ConfigError(f"clock must be one of {', '.join(CLOCKS)}, got {str(clock)[:20]!r}")
-    if clock == "cpu" and cuda:
-        raise ConfigError("clock=cpu times the CPU thread, not CUDA kernels: use clock=wall")
-    if clock == "cpu" and threads != 1:
-        raise ConfigError(
-            f"clock=cpu counts the calling thread only: use 1 thread, not {threads} (or clock=wall)"
-        )
-
-
-def clock_reader(clock: Clock) -> Callable[[], float]:
-    """Seconds on ``clock``: ``time.perf_counter`` (wall) or ``time.thread_time`` (cpu)."""
-    return time.perf_counter if clock == "wall" else time.thread_time
-
-
-def _interp(grid: tuple[int, ...], x: float) -> tuple[int, int, float]:
+def _interp(grid: tuple[float, ...], x: float) -> tuple[int, int, float]:
     """``(i, j, w)``: ``x`` lies between ``grid[i]`` and ``grid[j]`` at weight ``w`` of
     ``grid[j]`` (linear extrapolation beyond the ends; one grid point: ``(0, 0, 0)``)."""
     if len(grid) == 1:
@@ -123,6 +90,9 @@ class LayerTerm:
         a_slopes, b_slopes: per unit, input / output channels lost per removed unit channel.
         a_grid, b_grid: probe widths (ascending; one entry where the width never changes).
         ms: ``[len(a_grid)][len(b_grid)]`` measured milliseconds.
+        extra: ``(width, ms)`` points, ascending: the layer's time inside the whole forward
+            minus its time alone, measured with every unit cut alike; ``width`` is the output
+            width (the input width where only that changes). Empty: timed alone only.
     """
 
     name: str
@@ -133,6 +103,7 @@ class LayerTerm:
     a_grid: tuple[int, ...]
     b_grid: tuple[int, ...]
     ms: tuple[tuple[float, ...], ...]
+    extra: tuple[tuple[float, float], ...] = ()
 
     def widths(self, counts: Mapping[str, float], full: Mapping[str, int]) -> tuple[float, float]:
         """``(a, b)`` with ``counts[u]`` of ``full[u]`` channels kept in every unit ``u``."""
@@ -147,7 +118,22 @@ class LayerTerm:
         m = self.ms
         lo = m[i0][j0] * (1 - wb) + m[i0][j1] * wb
         hi = m[i1][j0] * (1 - wb) + m[i1][j1] * wb
-        return max(0.0, lo * (1 - wa) + hi * wa)
+        return max(0.0, lo * (1 - wa) + hi * wa + self.in_model(b if self.b_slopes else a))
+
+    def in_model(self, width: float) -> float:
+        """The in-model extra (ms) at ``width``: linear between the measured points and from
+        ``(0, 0)`` (no output, no extra) to the first; the last point's value beyond it."""
+        if not self.extra:
+            return 0.0
+        pts = ((0.0, 0.0), *self.extra)
+        if width >= pts[-1][0]:
+            return pts[-1][1]
+        i, j, w = _interp(tuple(p[0] for p in pts), width)
+        return pts[i][1] * (1 - w) + pts[j][1] * w
+
+    def alone(self) -> LayerTerm:
+        """This term without its in-model extra (the layer as timed alone)."""
+        return replace(self, extra=())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -155,7 +141,7 @@ class LayerTerm:
             "a_slopes": self.a_slopes, "b_slopes": self.b_slopes,
             "a_grid": list(self.a_grid), "b_grid": list(self.b_grid),
             "ms": [list(r) for r in self.ms],
-        }  # fmt: skip
+        } | ({"extra": [list(e) for e in self.extra]} if self.extra else {})  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LayerTerm:
@@ -169,7 +155,12 @@ class LayerTerm:
         a_sl, b_sl = (
             {str(k): _num(v, "slope") for k, v in d[s].items()} for s in ("a_slopes", "b_slopes")
         )
-        return cls(str(d["name"]), int(d["a0"]), int(d["b0"]), a_sl, b_sl, a_grid, b_grid, ms)
+        extra = tuple((_num(w, "extra"), _num(e, "extra")) for w, e in d.get("extra", []))
+        if [w for w, _ in extra] != sorted({w for w, _ in extra}) or any(w <= 0 for w, _ in extra):
+            raise ValueError(f"layer {str(d['name'])[:40]}: extra widths are not ascending")
+        return cls(
+            str(d["name"]), int(d["a0"]), int(d["b0"]), a_sl, b_sl, a_grid, b_grid, ms, extra
+        )
 
 
 def _num(v: Any, what: str) -> float:
@@ -200,6 +191,32 @@ class LatencyTable:
     def raw(self, counts: Mapping[str, float], full: Mapping[str, int]) -> float:
         """Sum of the per-layer predictions (ms), before calibration."""
         return sum(t.predict(*t.widths(counts, full)) for t in self.terms)
+
+    @classmethod
+    def fitted(cls, batch: int, terms: tuple[LayerTerm, ...], measured: Mapping[float, float],
+               full: Mapping[str, int]) -> LatencyTable:  # fmt: skip
+        """The table whose ``offset + scale * raw`` is the least-squares fit of ``measured``:
+        whole-model ms with every unit of ``full`` cut to ``round(fraction * C)`` channels
+        (a non-positive slope falls back to a pure scale)."""
+        raw0 = cls(batch, terms, 1.0, 0.0)
+        pts = [
+            (f, m, raw0.raw({u: max(1, round(f * c)) for u, c in full.items()}, full))
+            for f, m in measured.items()
+        ]
+        xs, ys = [p[2] for p in pts], [p[1] for p in pts]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        var = sum((x - mx) ** 2 for x in xs)
+        scale = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0
+        offset = my - scale * mx
+        if scale <= 0:
+            scale, offset = sum(ys) / max(sum(xs), 1e-12), 0.0
+        cal = tuple((f, m, offset + scale * r) for f, m, r in pts)
+        return cls(batch, terms, scale, offset, cal)
+
+    def alone(self, full: Mapping[str, int]) -> LatencyTable:
+        """The table refitted with every layer as timed alone (no in-model extras)."""
+        measured = {f: m for f, m, _ in self.calibration}
+        return self.fitted(self.batch, tuple(t.alone() for t in self.terms), measured, full)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -278,6 +295,7 @@ class LatencyLUT:
         clock: what its milliseconds are (``wall`` or ``cpu``, see :data:`Clock`); latencies
             compared with its predictions must be measured on the same clock (and threads,
             runtime). Tables written before the field existed are ``wall``.
+        layers: how its layers were timed (:data:`LayerTiming`; older files: ``alone``).
     """
 
     units: dict[str, int]
@@ -288,6 +306,7 @@ class LatencyLUT:
     probes: tuple[float, ...]
     tables: dict[int, LatencyTable]
     clock: Clock = "wall"
+    layers: LayerTiming = "alone"
 
     def model(self, batch: int) -> LatencyModel:
         if batch not in self.tables:
@@ -324,7 +343,7 @@ class LatencyLUT:
             "format": LUT_FORMAT, "version": LUT_VERSION, "units": self.units,
             "input_shape": list(self.input_shape), "machine": self.machine,
             "runtime": self.runtime, "threads": self.threads, "clock": self.clock,
-            "probes": list(self.probes),
+            "layers": self.layers, "probes": list(self.probes),
             "tables": {str(b): t.to_dict() for b, t in sorted(self.tables.items())},
         }  # fmt: skip
 
@@ -342,13 +361,18 @@ class LatencyLUT:
         clock = d.get("clock", "wall")  # tables from before the field were timed on the wall
         if clock not in CLOCKS:
             raise ValueError("unknown clock")
+        layers = d.get("layers", "alone")  # tables from before the field timed layers alone
+        if layers not in LAYER_TIMINGS:
+            raise ValueError("unknown layer timing")
         tables = {int(b): LatencyTable.from_dict(t) for b, t in d["tables"].items()}
         if not tables or any(t.batch != b for b, t in tables.items()):
             raise ValueError("tables must be keyed by their batch size")
         shape = _ints(d["input_shape"], "input_shape")
         probes = tuple(_num(p, "probes") for p in d["probes"])
         machine = d["machine"] if isinstance(d["machine"], dict) else {}
-        return cls(units, shape, machine, d["runtime"], int(d["threads"]), probes, tables, clock)
+        return cls(
+            units, shape, machine, d["runtime"], int(d["threads"]), probes, tables, clock, layers
+        )
 
     def save(self, path: str | Path) -> Path:
         from rlprune.checkpoint import atomic_write

@@ -16,7 +16,7 @@ import torch_pruning as tp
 from torch import nn
 
 from rlprune.errors import PruningError
-from rlprune.pruning.latency import Clock, check_clock, clock_reader
+from rlprune.pruning.clock import Clock, check_clock, clock_reader
 from rlprune.pruning.surgery import remove_channels
 from rlprune.pruning.units import Unit
 

@@ -37,15 +37,10 @@ from torch import nn
 from rlprune.errors import PruningError
 from rlprune.machine import cpu_summary, malloc_mode
 from rlprune.models import is_channels_last, set_layout
+from rlprune.pruning.calls import Calls, layer_calls, with_extras
+from rlprune.pruning.clock import Clock, check_clock
 from rlprune.pruning.importance import filter_l1
-from rlprune.pruning.latency import (
-    Clock,
-    LatencyLUT,
-    LatencyTable,
-    LayerTerm,
-    Runtime,
-    check_clock,
-)
+from rlprune.pruning.latency import LatencyLUT, LatencyTable, LayerTerm, LayerTiming, Runtime
 from rlprune.pruning.metrics import time_calls
 from rlprune.pruning.surgery import remove_channels
 from rlprune.pruning.units import Unit
@@ -56,35 +51,17 @@ __all__ = ["PROBES", "cpu_info", "measure_runtime", "profile_latency", "uniform_
 log = logging.getLogger(__name__)
 
 PROBES = (0.125, 0.25, 0.5, 0.75, 1.0)  # keep fractions of each probed width
-CALIBRATION = (1.0, 0.75, 0.5, 0.25)  # uniform keep fractions of the whole-model fit
+CALIBRATION = (
+    1.0,
+    0.875,
+    0.75,
+    0.625,
+    0.5,
+    0.375,
+    0.25,
+    0.125,
+)  # uniform keep fractions of the whole-model fit
 _CHANNELWISE = (nn.BatchNorm2d, nn.BatchNorm1d)
-
-Calls = list[tuple[str, tuple[int, ...], tuple[int, ...]]]  # (module, input shape, output shape)
-
-
-def _calls(model: nn.Module, example: torch.Tensor) -> Calls:
-    """Every leaf-module call of one forward with a single tensor input and output."""
-    out: Calls = []
-    hooks = []
-    for name, mod in model.named_modules():
-        if name and not any(True for _ in mod.children()):
-
-            def hook(m: nn.Module, args: tuple[Any, ...], res: Any, name: str = name) -> None:
-                if (
-                    len(args) == 1
-                    and isinstance(args[0], torch.Tensor)
-                    and isinstance(res, torch.Tensor)
-                ):
-                    out.append((name, tuple(args[0].shape), tuple(res.shape)))
-
-            hooks.append(mod.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model.eval()(example[:1])
-    finally:
-        for h in hooks:
-            h.remove()
-    return out
 
 
 def _slopes(
@@ -99,7 +76,7 @@ def _slopes(
         mask = torch.ones(u.channels)
         mask[0] = 0
         remove_channels(probe, u, mask, example, min_keep=1)
-        calls = _calls(probe, example)
+        calls = layer_calls(probe, example)
         if [c[0] for c in calls] != [c[0] for c in base]:
             raise PruningError(f"{u.name}: the forward calls other layers once the unit is cut")
         for (_, si, so), (_, pi, po), (a, b) in zip(base, calls, slopes, strict=True):
@@ -270,34 +247,20 @@ def cpu_info() -> str:
     return cpu_summary(_CPU_FLAGS)
 
 
-def _fit(points: list[tuple[float, float, float]]) -> tuple[float, float]:
-    """``(scale, offset)``: least squares of measured on raw over ``(fraction, measured, raw)``;
-    a non-positive slope falls back to a pure scale."""
-    xs, ys = [p[2] for p in points], [p[1] for p in points]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    var = sum((x - mx) ** 2 for x in xs)
-    scale = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
-    if scale <= 0:
-        return sum(ys) / max(sum(xs), 1e-12), 0.0
-    return scale, my - scale * mx
-
-
 def _table(model: nn.Module, units: list[Unit], example: torch.Tensor, batch: int, threads: int,
            runtime: Runtime, probes: Sequence[float], step: int, runs: int,
-           cuts: dict[float, nn.Module], clock: Clock) -> LatencyTable:  # fmt: skip
-    calls = _calls(model, example)
+           cuts: dict[float, nn.Module], clock: Clock, layers: LayerTiming) -> LatencyTable:  # fmt: skip
+    calls = layer_calls(model, example)
     slopes = _slopes(model, units, example, calls)
     mods = dict(model.named_modules())
-    seen: dict[str, int] = {}
     terms = []
     nhwc = is_channels_last(model)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         for call, sl in zip(calls, slopes, strict=True):
-            name = call[0]
-            seen[name] = seen.get(name, 0) + 1
-            label = name if seen[name] == 1 else f"{name}#{seen[name]}"
+            label = call[0]
+            name = label.split("#")[0]
             term = _term(label, mods[name], call, sl, batch, nhwc, probes, step, runs, clock)
             if term is None:
                 log.warning("%s: cannot be rebuilt at other widths; left to the calibration", name)
@@ -306,22 +269,17 @@ def _table(model: nn.Module, units: list[Unit], example: torch.Tensor, batch: in
     finally:
         torch.set_num_threads(old)
     full = {u.name: u.channels for u in units}
-    table = LatencyTable(batch, tuple(terms), 1.0, 0.0)
-    points = []
-    for frac, cut in cuts.items():
-        counts = {u.name: max(1, round(frac * u.channels)) for u in units}
-        measured = measure_runtime(cut, example, batch, threads, runtime, runs, clock)
-        points.append((frac, measured, table.raw(counts, full)))
-    scale, offset = _fit(points)
-    cal = tuple((f, m, offset + scale * r) for f, m, r in points)
-    return LatencyTable(batch, tuple(terms), scale, offset, cal)
+    measured = {f: measure_runtime(c, example, batch, threads, runtime, runs, clock) for f, c in cuts.items()}  # fmt: skip
+    if layers == "in-model":
+        terms = with_extras(terms, cuts, example, batch, threads, runs, clock, full)
+    return LatencyTable.fitted(batch, tuple(terms), measured, full)
 
 
 def profile_latency(model: nn.Module, example: torch.Tensor, batches: Sequence[int] = (1, 64),
                     threads: int | None = None, runtime: Runtime = "torch",
                     probes: Sequence[float] = PROBES, step: int = 8, runs: int = 10,
                     calibration: Sequence[float] = CALIBRATION,
-                    clock: Clock = "wall") -> LatencyLUT:  # fmt: skip
+                    clock: Clock = "wall", layers: LayerTiming = "alone") -> LatencyLUT:  # fmt: skip
     """Measure the latency table of ``model`` (any layout; its own is kept) on this machine.
 
     Args:
@@ -336,6 +294,9 @@ def profile_latency(model: nn.Module, example: torch.Tensor, batches: Sequence[i
         runs: timed calls per grid point and per whole-model measurement (median).
         calibration: uniform keep fractions of the whole-model fit (1.0 is always added).
         clock: ``wall`` (elapsed) or ``cpu`` (the calling thread's CPU time; needs 1 thread).
+        layers: ``in-model`` adds to each layer's grid its time inside the whole forward
+            minus its time alone, measured at the calibration cuts
+            (:func:`~rlprune.pruning.calls.with_extras`); ``alone``: the grid only.
 
     Raises:
         ConfigError: ``clock="cpu"`` with other than 1 thread, or on CUDA (one line).
@@ -347,7 +308,7 @@ def profile_latency(model: nn.Module, example: torch.Tensor, batches: Sequence[i
     cuts = {f: uniform_cut(model, example, f) for f in sorted({1.0, *calibration}, reverse=True)}
     t0 = time.perf_counter()
     tables = {
-        b: _table(model, units, example, b, n, runtime, probes, step, runs, cuts, clock)
+        b: _table(model, units, example, b, n, runtime, probes, step, runs, cuts, clock, layers)
         for b in batches
     }
     log.info(
@@ -362,5 +323,5 @@ def profile_latency(model: nn.Module, example: torch.Tensor, batches: Sequence[i
     }
     return LatencyLUT(
         {u.name: u.channels for u in units}, tuple(example.shape[1:]), machine, runtime, n,
-        tuple(sorted({*probes, 1.0})), tables, clock,
+        tuple(sorted({*probes, 1.0})), tables, clock, layers,
     )  # fmt: skip

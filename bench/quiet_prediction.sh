@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Is the latency table's prediction within 10% on a quiet machine, with layers timed in the
+# model and with large blocks kept on the heap? (docs/LATENCY.md). Made for a lent GPU
+# machine's 16-core CPU (the GPU is not used): bench/latency_clock.py for both models under
+# glibc's default malloc and under steady malloc, four processes at once, each pinned to its
+# own core with 1 thread. Each run profiles one table with in-model extras and reports, from
+# the same measurements, its errors and those of the same table refitted with layers alone.
+# Writes ONE tarball, $OUT/quiet_prediction.tgz: clock_{model}_{malloc}.json, machine.txt, logs.
+#   WHEELS=.whl CORES="2 5 8 11" PY=python3 bash bench/quiet_prediction.sh
+set -u
+export LC_ALL=C
+cd "$(dirname "$0")/.." || exit 1
+WHEELS=${WHEELS:-.whl} PY=${PY:-python3} CORES=${CORES:-"2 5 8 11"} ROUNDS=${ROUNDS:-6}
+OUT=${OUT:-/tmp/quiet_prediction_out} S=/tmp/quiet_prediction
+rm -rf "$S" && mkdir -p "$S" "$OUT"
+if ! "$PY" -c "import torch_pruning" 2>/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site "$WHEELS"/*.whl || echo "WARNING: wheel install failed"
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONUNBUFFERED=1
+{
+    lscpu | grep -E 'Model name|^CPU\(s\)|Thread|MHz|L3'
+    lscpu | grep -o -E 'avx512f|avx512_bf16|avx512_vnni|amx_tile|avx2' | sort -u | tr '\n' ' '
+    echo
+    uptime
+    "$PY" -c "import torch; print('torch', torch.__version__)"
+    echo "cores $CORES, rounds $ROUNDS"
+} >"$S/machine.txt" 2>&1
+cat "$S/machine.txt"
+read -r -a cores <<<"$CORES"
+i=0
+for m in resnet20 vgg-small; do
+    for mode in system steady; do
+        flag=() && [ "$mode" = steady ] && flag=(--steady-malloc)
+        taskset -c "${cores[$i]}" "$PY" bench/latency_clock.py --model "$m" --rounds "$ROUNDS" \
+            "${flag[@]}" --json "$S/clock_${m}_${mode}.json" >"$S/log_${m}_${mode}.txt" 2>&1 &
+        i=$((i + 1))
+    done
+done
+wait
+uptime | tee -a "$S/machine.txt"
+grep -h -E '^(resnet20|vgg-small),|within 10%' "$S"/log_*.txt
+tar czf "$OUT/quiet_prediction.tgz" -C "$S" .
+ls -l "$OUT"
