@@ -16,23 +16,10 @@ cd "$(dirname "$0")/.." || exit 1
 MODELS=${MODELS:-.lat} WHEELS=${WHEELS:-.whl} CORE=${CORE:-3} PY=${PY:-python3}
 OUT=${OUT:-/tmp/quiet_latency_out} WORK=/tmp/quiet_latency
 rm -rf "$WORK" && mkdir -p "$WORK/stage" "$OUT"
-if ! "$PY" -c "import torch_pruning" 2>/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site "$WHEELS"/*.whl || echo "WARNING: wheel install failed"
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONUNBUFFERED=1
+. bench/device_env.sh
 S=$WORK/stage
 pack() { tar czf "$WORK/q.tgz" -C "$S" . && mv "$WORK/q.tgz" "$OUT/quiet_latency.tgz"; }
-{
-    lscpu | grep -E 'Model name|^CPU\(s\)|Thread|MHz|L3'
-    lscpu | grep -o -E 'avx512f|avx512_bf16|avx512_vnni|amx_tile|avx2' | sort -u | tr '\n' ' '
-    echo
-    uptime
-    "$PY" -c "import torch; print('torch', torch.__version__)"
-} >"$S/machine.txt" 2>&1
-cat "$S/machine.txt"
+machine_facts "$S/machine.txt"
 run() { taskset -c "$CORE" "$PY" "$@" 2>&1 | tee -a "$S/log.txt"; }
 # (1) the benchmark's pruned models, measured again side by side (wall clock, as their tables)
 mkdir -p "$S/cells" && cp docs/results/latency/*.json "$S/cells/"

@@ -13,22 +13,9 @@ cd "$(dirname "$0")/.." || exit 1
 WHEELS=${WHEELS:-.whl} PY=${PY:-python3} CORES=${CORES:-"2 5 8 11"} ROUNDS=${ROUNDS:-6}
 OUT=${OUT:-/tmp/quiet_prediction_out} S=/tmp/quiet_prediction
 rm -rf "$S" && mkdir -p "$S" "$OUT"
-if ! "$PY" -c "import torch_pruning" 2>/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site "$WHEELS"/*.whl || echo "WARNING: wheel install failed"
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONUNBUFFERED=1
-{
-    lscpu | grep -E 'Model name|^CPU\(s\)|Thread|MHz|L3'
-    lscpu | grep -o -E 'avx512f|avx512_bf16|avx512_vnni|amx_tile|avx2' | sort -u | tr '\n' ' '
-    echo
-    uptime
-    "$PY" -c "import torch; print('torch', torch.__version__)"
-    echo "cores $CORES, rounds $ROUNDS"
-} >"$S/machine.txt" 2>&1
-cat "$S/machine.txt"
+. bench/device_env.sh
+machine_facts "$S/machine.txt"
+echo "cores $CORES, rounds $ROUNDS" | tee -a "$S/machine.txt"
 read -r -a cores <<<"$CORES"
 i=0
 for m in resnet20 vgg-small; do
