@@ -97,6 +97,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         base, example, BATCHES, threads=1, runs=args.profile_runs, clock="cpu", layers="in-model"
     )
     profile_s = time.perf_counter() - t0
+    if args.lut_out:
+        lut.save(args.lut_out)  # a table from this machine, to price searches made elsewhere
     print(f"{args.model}: table profiled on the cpu clock in {profile_s:.0f} s")
     nets = _sweep(base, example, dict(lut.units)) if args.sweep else _structures(base, example)
     base_macs = count_macs_params(base, example)[0]
@@ -164,6 +166,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=20, help="timed passes per b64 measurement (b1: 5x)")
     p.add_argument("--profile-runs", type=int, default=10, help="timed calls per probe")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--lut-out", default=None, help="also save the profiled table here")
     p.add_argument("--steady-malloc", action="store_true",
                    help="keep large blocks on glibc's heap (rlprune.machine.steady_malloc)")  # fmt: skip
     p.add_argument("--sweep", action="store_true",

@@ -5,7 +5,8 @@
 # glibc's default malloc and under steady malloc, four processes at once, each pinned to its
 # own core with 1 thread. Each run profiles one table with in-model extras and reports, from
 # the same measurements, its errors and those of the same table refitted with layers alone.
-# Writes ONE tarball, $OUT/quiet_prediction.tgz: clock_{model}_{malloc}.json, machine.txt, logs.
+# Writes ONE tarball, $OUT/quiet_prediction.tgz: clock_{model}_{malloc}.json, the tables
+# lut_{model}_{malloc}.json (to price searches run elsewhere), machine.txt, logs.
 #   WHEELS=.whl CORES="2 5 8 11" PY=python3 bash bench/quiet_prediction.sh
 set -u
 export LC_ALL=C
@@ -22,7 +23,8 @@ for m in resnet20 vgg-small; do
     for mode in system steady; do
         flag=() && [ "$mode" = steady ] && flag=(--steady-malloc)
         taskset -c "${cores[$i]}" "$PY" bench/latency_clock.py --model "$m" --rounds "$ROUNDS" \
-            "${flag[@]}" --json "$S/clock_${m}_${mode}.json" >"$S/log_${m}_${mode}.txt" 2>&1 &
+            ${flag[@]+"${flag[@]}"} --json "$S/clock_${m}_${mode}.json" --lut-out "$S/lut_${m}_${mode}.json" \
+            >"$S/log_${m}_${mode}.txt" 2>&1 &
         i=$((i + 1))
     done
 done
