@@ -57,11 +57,11 @@ def main() -> None:
         inside = in_model_ms(net.eval(), ex, 64, 1, 20, "cpu")
         mods = dict(net.named_modules())
         by_type: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-        for label, shape_in, shape_out in layer_calls(net, ex):
-            mod = mods[label.split("#")[0]]
+        for call in layer_calls(net, ex):
+            mod = mods[call.module]
             kind = type(mod).__name__
-            by_type[kind][0] += inside[label]
-            by_type[kind][1] += _alone(mod, (1, *shape_in[1:]), (1, *shape_out[1:]))
+            by_type[kind][0] += inside[call.label]
+            by_type[kind][1] += _alone(mod, call.shape_in, call.shape_out)
         whole = measure_runtime(net, ex, 64, 1, "torch", 20, "cpu")
         total = [sum(v[i] for v in by_type.values()) for i in (0, 1)]
         print(f"keep {frac:g}: whole {whole:.1f}, layers {total[0]:.1f} / {total[1]:.1f}; " +

@@ -10,6 +10,8 @@ training images. Cost: the budget's, MACs or the walk's latency table (batch 64)
     python bench/probe_priced.py MODEL TARGET SEED macs|latency   # e.g. resnet20 0.3 0 macs
 """
 
+from __future__ import annotations
+
 import copy
 import sys
 import time
@@ -26,7 +28,7 @@ from rlprune.config import PruneConfig, RewardConfig
 from rlprune.data import load_dataset
 from rlprune.env.joint import Allocation, JointEnv
 from rlprune.pruning import count_macs_params
-from rlprune.pruning.importance import _group_scores, build_graph
+from rlprune.pruning.importance import _group_scores, build_graph  # unnormalised: HALP's
 from rlprune.pruning.latency import LatencyLUT
 from rlprune.pruning.units import Unit, resolve_min_keep
 from rlprune.search.choice import held_out, mcnemar_z, recovered_hits
@@ -60,6 +62,7 @@ def priced_counts(cost: Cost, units: list[Unit], scores: dict[str, torch.Tensor]
                 if cur - new > 0 and (best is None or lost / (cur - new) < best[0]):
                     best = (lost / (cur - new), n, k, new)
         if best is None:
+            print(f"priced ranking: stops at cost {cur:.4g}, above the goal {goal:.4g}")
             break
         _, n, counts[n], cur = best
     return counts

@@ -24,9 +24,9 @@ from rlprune.pruning.latency import (
     LatencyModel,
     LatencyTable,
     LayerTerm,
-    round_count,
 )
 from rlprune.pruning.profile import profile_latency
+from rlprune.pruning.units import round_count
 from tests.test_search_toy import _toy_cfg, _toy_prune
 from tests.toy import ToyNet
 
@@ -133,7 +133,7 @@ def test_profile_finds_the_neighbours_of_every_layer() -> None:
         assert t.b_grid[0] == 1 and t.b_grid[-1] == t.b0
         assert t.b0 <= 8 or {8, 9} <= set(t.b_grid)  # both sides of a vector block's edge
     assert [c[0] for c in table.calibration] == [1.0, 0.5]
-    assert table.scale > 0  # _fit falls back to a pure scale rather than a negative one
+    assert table.scale > 0  # the fit falls back to a pure scale rather than a negative one
     full = LatencyModel(table, lut.units)
     # the prediction is the calibrated sum of the probed terms (timings themselves are noise
     # here, one pass each on a shared machine, so no order between widths is asserted)

@@ -56,7 +56,7 @@ from rlprune.pruning import (
     remove_channels,
     resolve_min_keep,
 )
-from rlprune.pruning.latency import round_count
+from rlprune.pruning.units import round_count
 
 __all__ = ["BASELINES", "COUNT_BASED", "MAC_TARGETED", "Cost", "global_counts", "prune_to_target"]
 

@@ -245,6 +245,8 @@ def _add_compare(sub: Subparsers, cmd: Command) -> None:
 
 
 def _add_profile(sub: Subparsers, cmd: Command) -> None:
+    from rlprune.pruning.latency import LAYER_TIMINGS
+
     p = sub.add_parser("profile", help="measure a per-unit latency table on this machine")
     p.add_argument("--checkpoint", required=True, help="the unpruned zoo model.pt (required)")
     p.add_argument("--out", required=True, metavar="JSON", help="table file to write (required)")
@@ -281,11 +283,11 @@ def _add_profile(sub: Subparsers, cmd: Command) -> None:
     )
     p.add_argument(
         "--layers",
-        choices=["alone", "in-model"],
+        choices=LAYER_TIMINGS,
         default="alone",
         help="alone: each layer's grid timed alone; in-model: plus each layer's extra time inside "
-        "the whole forward (fresh output blocks, cold inputs), measured at the uniform cuts "
-        "(default: alone)",
+        "the whole forward (fresh output blocks, cold inputs), measured at the uniform cuts; "
+        "eager torch only (default: alone)",
     )
     p.add_argument(
         "--nchw", action="store_true", help="time in NCHW, not NHWC (default: NHWC, as searched)"

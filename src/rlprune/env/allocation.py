@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from rlprune.pruning.latency import round_count
+from rlprune.pruning.units import round_count
 
 if TYPE_CHECKING:
     from rlprune.env.joint import JointEnv

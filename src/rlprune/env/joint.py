@@ -28,7 +28,8 @@ from rlprune.env.allocation import Allocation, largest_shift
 from rlprune.errors import ConfigError
 from rlprune.models import set_layout
 from rlprune.pruning import Unit, UnitMacs, UnitMask, find_units, remove_channels, resolve_min_keep
-from rlprune.pruning.latency import LatencyLUT, LatencyModel, round_count
+from rlprune.pruning.latency import LatencyLUT, LatencyModel
+from rlprune.pruning.units import round_count
 from rlprune.reward import budget_reward
 
 __all__ = ["Allocation", "JointBatch", "JointEnv", "hits", "largest_shift"]

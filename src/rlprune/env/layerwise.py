@@ -27,7 +27,8 @@ from rlprune.pruning import (
     remove_channels,
     resolve_min_keep,
 )
-from rlprune.pruning.latency import CostCurve, LatencyLUT, LatencyModel, round_count
+from rlprune.pruning.latency import CostCurve, LatencyLUT, LatencyModel
+from rlprune.pruning.units import round_count
 from rlprune.reward import accuracy_reward, amc_reward, budget_reward
 from rlprune.rollouts import PrefixScorer, Scorer, accuracy_stderr, make_scorer
 

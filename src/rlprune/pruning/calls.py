@@ -4,10 +4,12 @@ A layer timed alone (the latency table's probe grid) reuses one input and one ou
 and runs with its caches to itself. Inside the model each output is a fresh block from the
 allocator (glibc serves multi-MB blocks with ``mmap``: zeroed pages, page faults) and each
 input was just written by another kernel. Measured on resnet20 at batch 64 (2-core AMD EPYC,
-1 thread, CPU clock), its BatchNorm calls took 11.9 ms in the model against 3.6 ms alone and
-its convs 56.8 against 47.1 ms. :func:`with_extras` measures that difference per layer with
-every unit cut alike and stores it in the table's terms, so the sum over layers describes the
-model as it runs (the whole-model fit then only has the glue between modules to absorb).
+1 thread, CPU clock, glibc's default malloc; docs/LATENCY.md), its layers added up to 62.1 ms
+inside a 62.0 ms forward and to 42.5 ms alone (BatchNorm 10.6 against 3.0 ms).
+:func:`with_extras` measures that difference per layer with every unit cut alike and stores it
+in the table's terms, so the sum over layers describes the model as it runs (the whole-model
+fit then only has the glue between modules to absorb). The hooks' own cost (microseconds per
+call) is counted in the model's times: the fit absorbs it with the glue.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -24,9 +26,17 @@ from rlprune.models import is_channels_last
 from rlprune.pruning.clock import Clock, clock_reader
 from rlprune.pruning.latency import LayerTerm
 
-__all__ = ["Calls", "in_model_ms", "layer_calls", "with_extras"]
+__all__ = ["LayerCall", "in_model_ms", "layer_calls", "with_extras"]
 
-Calls = list[tuple[str, tuple[int, ...], tuple[int, ...]]]  # (label, input shape, output shape)
+
+class LayerCall(NamedTuple):
+    """One leaf-module call of a forward: ``label`` (``module``, or ``module#k`` for its k-th
+    call), the module's name, and the input and output shapes (``[1, C, ...]``)."""
+
+    label: str
+    module: str
+    shape_in: tuple[int, ...]
+    shape_out: tuple[int, ...]
 
 
 def _hook_leaves(model: nn.Module, pre: Any, post: Any) -> list[Any]:
@@ -40,7 +50,8 @@ def _hook_leaves(model: nn.Module, pre: Any, post: Any) -> list[Any]:
                 pre(name)
 
             def after(m: nn.Module, args: tuple[Any, ...], res: Any, name: str = name) -> None:
-                if len(args) == 1 and isinstance(args[0], torch.Tensor) and isinstance(res, torch.Tensor):  # fmt: skip
+                one = len(args) == 1 and isinstance(args[0], torch.Tensor)
+                if one and isinstance(res, torch.Tensor):
                     post(name, args, res)
 
             hooks += [mod.register_forward_pre_hook(before), mod.register_forward_hook(after)]
@@ -53,17 +64,18 @@ def _label(seen: dict[str, int], name: str) -> str:
     return name if seen[name] == 1 else f"{name}#{seen[name]}"
 
 
-def layer_calls(model: nn.Module, example: torch.Tensor) -> Calls:
+def layer_calls(model: nn.Module, example: torch.Tensor) -> list[LayerCall]:
     """Every leaf-module call of one forward (batch 1) with a single tensor input and output,
     labelled as the table's terms are."""
-    out: Calls = []
+    out: list[LayerCall] = []
     seen: dict[str, int] = {}
 
     def post(name: str, args: tuple[Any, ...], res: Any) -> None:
-        out.append((_label(seen, name), tuple(args[0].shape), tuple(res.shape)))
+        out.append(LayerCall(_label(seen, name), name, tuple(args[0].shape), tuple(res.shape)))
 
-    hooks = _hook_leaves(model, lambda name: None, post)
+    hooks: list[Any] = []
     try:
+        hooks = _hook_leaves(model, lambda name: None, post)
         with torch.no_grad():
             model.eval()(example[:1])
     finally:
@@ -91,9 +103,10 @@ def in_model_ms(model: nn.Module, example: torch.Tensor, batch: int, threads: in
     fmt = torch.channels_last if is_channels_last(model) else torch.contiguous_format
     x = example[:1].expand(batch, *example.shape[1:]).contiguous(memory_format=fmt)
     old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    hooks = _hook_leaves(model.eval(), pre, post)
+    hooks: list[Any] = []
     try:
+        torch.set_num_threads(threads)
+        hooks = _hook_leaves(model.eval(), pre, post)
         for i in range(max(2, runs // 4) + runs):
             if i == max(2, runs // 4):
                 times.clear()

@@ -33,11 +33,12 @@ from typing import Any, Literal
 import torch
 
 from rlprune.errors import ConfigError
-from rlprune.pruning.clock import CLOCKS, Clock
+from rlprune.pruning.clock import CLOCKS, Clock, check_clock, clock_reader
 
 __all__ = [
     "LUT_FORMAT",
     "LUT_VERSION",
+    "Clock",
     "CostCurve",
     "LatencyLUT",
     "LatencyModel",
@@ -46,28 +47,17 @@ __all__ = [
     "LayerTerm",
     "LayerTiming",
     "Runtime",
-    "round_count",
+    "check_clock",
+    "clock_reader",
 ]
 
 Runtime = Literal["torch", "export", "onnxruntime"]
 LayerTiming = Literal["alone", "in-model"]
 LAYER_TIMINGS: tuple[LayerTiming, ...] = ("alone", "in-model")
 LUT_FORMAT = "rlprune-latency-table"
-LUT_VERSION = 1
+LUT_VERSION = 2  # 2: terms may carry in-model extras, which version-1 readers would ignore
+_READS = (1, 2)
 _MAX_LUT_BYTES = 32 << 20
-
-
-def round_count(kept: int, channels: int, multiple: int, need: int = 1) -> int:
-    """``kept`` rounded to the nearest multiple of ``multiple`` (ties: up), never below ``need``
-    and never above ``channels``; ``channels`` itself (no cut) is always allowed.
-
-    ``round_count(21, 64, 8) == 24``, ``round_count(20, 64, 8) == 24``,
-    ``round_count(3, 64, 8, need=7) == 8``, ``round_count(60, 62, 16) == 62``.
-    """
-    if multiple <= 1 or kept >= channels:
-        return min(max(kept, need), channels)
-    options = [m for m in range(multiple, channels + 1, multiple) if m >= need] + [channels]
-    return min(options, key=lambda m: (abs(m - kept), -m))
 
 
 def _interp(grid: tuple[float, ...], x: float) -> tuple[int, int, float]:
@@ -157,7 +147,9 @@ class LayerTerm:
         )
         extra = tuple((_num(w, "extra"), _num(e, "extra")) for w, e in d.get("extra", []))
         if [w for w, _ in extra] != sorted({w for w, _ in extra}) or any(w <= 0 for w, _ in extra):
-            raise ValueError(f"layer {str(d['name'])[:40]}: extra widths are not ascending")
+            raise ValueError(
+                f"layer {str(d['name'])[:40]}: extra widths are not positive and ascending"
+            )
         return cls(
             str(d["name"]), int(d["a0"]), int(d["b0"]), a_sl, b_sl, a_grid, b_grid, ms, extra
         )
@@ -197,7 +189,12 @@ class LatencyTable:
                full: Mapping[str, int]) -> LatencyTable:  # fmt: skip
         """The table whose ``offset + scale * raw`` is the least-squares fit of ``measured``:
         whole-model ms with every unit of ``full`` cut to ``round(fraction * C)`` channels
-        (a non-positive slope falls back to a pure scale)."""
+        (a non-positive or undetermined slope falls back to a pure scale).
+
+        Raises:
+            ValueError: no measurements (a table from a file without calibration points)."""
+        if not measured:
+            raise ValueError("no whole-model measurements to fit")
         raw0 = cls(batch, terms, 1.0, 0.0)
         pts = [
             (f, m, raw0.raw({u: max(1, round(f * c)) for u, c in full.items()}, full))
@@ -206,7 +203,8 @@ class LatencyTable:
         xs, ys = [p[2] for p in pts], [p[1] for p in pts]
         mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
         var = sum((x - mx) ** 2 for x in xs)
-        scale = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0
+        spread = var > 1e-12 * max(mx * mx, 1e-12) * len(xs)  # raws apart, not rounding apart
+        scale = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if spread else 0
         offset = my - scale * mx
         if scale <= 0:
             scale, offset = sum(ys) / max(sum(xs), 1e-12), 0.0
@@ -340,7 +338,8 @@ class LatencyLUT:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": LUT_FORMAT, "version": LUT_VERSION, "units": self.units,
+            "format": LUT_FORMAT, "version": LUT_VERSION if self.layers == "in-model" else 1,
+            "units": self.units,
             "input_shape": list(self.input_shape), "machine": self.machine,
             "runtime": self.runtime, "threads": self.threads, "clock": self.clock,
             "layers": self.layers, "probes": list(self.probes),
@@ -351,8 +350,8 @@ class LatencyLUT:
     def from_dict(cls, d: Any) -> LatencyLUT:
         if not isinstance(d, dict) or d.get("format") != LUT_FORMAT:
             raise ValueError("not an rlprune latency table (format)")
-        if d.get("version") != LUT_VERSION:
-            raise ValueError(f"version {str(d.get('version'))[:20]}, expected {LUT_VERSION}")
+        if d.get("version") not in _READS:
+            raise ValueError(f"version {str(d.get('version'))[:20]}, expected 1 or {LUT_VERSION}")
         units = {str(k): v for k, v in d["units"].items()}
         if not all(type(v) is int and v >= 1 for v in units.values()):
             raise ValueError("units must map names to channel counts")

@@ -11,10 +11,13 @@
 3. The whole model is timed in the deployed runtime (eager torch, the ``torch.export``
    program, or ONNX Runtime) at full width and with every unit cut to a few uniform fractions;
    ``offset + scale * sum(per-layer)`` is fitted to those measurements (least squares).
+   With ``layers="in-model"`` (eager torch only) every layer call is also timed inside each
+   cut model, and its difference from the layer's grid is added to the layer's term
+   (:func:`~rlprune.pruning.calls.with_extras`) before the fit.
 
 Per-layer tables are timed in eager torch for every runtime; the runtime enters through the
 whole-model calibration (and the measured latencies the report compares predictions with).
-Every timing reads one clock (:data:`~rlprune.pruning.latency.Clock`): wall time by default, or
+Every timing reads one clock (:data:`~rlprune.pruning.clock.Clock`): wall time by default, or
 the calling thread's CPU time (1 thread only), which leaves out time the core spent elsewhere.
 """
 
@@ -34,10 +37,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlprune.errors import PruningError
+from rlprune.errors import ConfigError, PruningError
 from rlprune.machine import cpu_summary, malloc_mode
 from rlprune.models import is_channels_last, set_layout
-from rlprune.pruning.calls import Calls, layer_calls, with_extras
+from rlprune.pruning.calls import LayerCall, layer_calls, with_extras
 from rlprune.pruning.clock import Clock, check_clock
 from rlprune.pruning.importance import filter_l1
 from rlprune.pruning.latency import LatencyLUT, LatencyTable, LayerTerm, LayerTiming, Runtime
@@ -51,21 +54,14 @@ __all__ = ["PROBES", "cpu_info", "measure_runtime", "profile_latency", "uniform_
 log = logging.getLogger(__name__)
 
 PROBES = (0.125, 0.25, 0.5, 0.75, 1.0)  # keep fractions of each probed width
-CALIBRATION = (
-    1.0,
-    0.875,
-    0.75,
-    0.625,
-    0.5,
-    0.375,
-    0.25,
-    0.125,
-)  # uniform keep fractions of the whole-model fit
+CALIBRATION = (1.0, 0.75, 0.5, 0.25)  # uniform keep fractions of the whole-model fit
+# with in-model extras, the cuts also give each layer's extra curve its points: one per 1/8
+CALIBRATION_IN_MODEL = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
 _CHANNELWISE = (nn.BatchNorm2d, nn.BatchNorm1d)
 
 
 def _slopes(
-    model: nn.Module, units: list[Unit], example: torch.Tensor, base: Calls
+    model: nn.Module, units: list[Unit], example: torch.Tensor, base: list[LayerCall]
 ) -> list[tuple[dict[str, float], dict[str, float]]]:
     """Per call: ``(input slopes, output slopes)``, channels lost per removed unit channel."""
     slopes: list[tuple[dict[str, float], dict[str, float]]] = [({}, {}) for _ in base]
@@ -77,9 +73,9 @@ def _slopes(
         mask[0] = 0
         remove_channels(probe, u, mask, example, min_keep=1)
         calls = layer_calls(probe, example)
-        if [c[0] for c in calls] != [c[0] for c in base]:
+        if [c.label for c in calls] != [c.label for c in base]:
             raise PruningError(f"{u.name}: the forward calls other layers once the unit is cut")
-        for (_, si, so), (_, pi, po), (a, b) in zip(base, calls, slopes, strict=True):
+        for (_, _, si, so), (_, _, pi, po), (a, b) in zip(base, calls, slopes, strict=True):
             if len(si) > 1 and si[1] != pi[1]:
                 a[u.name] = float(si[1] - pi[1])
             if len(so) > 1 and so[1] != po[1]:
@@ -134,11 +130,11 @@ def _step_grid(full: int, slopes: dict[str, float], step: int) -> tuple[int, ...
 
 
 @torch.inference_mode()
-def _term(name: str, mod: nn.Module, call: tuple[str, tuple[int, ...], tuple[int, ...]],
+def _term(name: str, mod: nn.Module, call: LayerCall,
           slopes: tuple[dict[str, float], dict[str, float]], batch: int, nhwc: bool,
           probes: Sequence[float], step: int, runs: int, clock: Clock) -> LayerTerm | None:  # fmt: skip
     """The timed grid of one layer call (None if the layer cannot be rebuilt)."""
-    _, shape_in, shape_out = call
+    shape_in, shape_out = call.shape_in, call.shape_out
     a0, b0 = shape_in[1], shape_out[1]
     a_sl, b_sl = slopes
     wise = _channelwise(mod)
@@ -259,17 +255,19 @@ def _table(model: nn.Module, units: list[Unit], example: torch.Tensor, batch: in
     torch.set_num_threads(threads)
     try:
         for call, sl in zip(calls, slopes, strict=True):
-            label = call[0]
-            name = label.split("#")[0]
-            term = _term(label, mods[name], call, sl, batch, nhwc, probes, step, runs, clock)
+            mod = mods[call.module]
+            term = _term(call.label, mod, call, sl, batch, nhwc, probes, step, runs, clock)
             if term is None:
-                log.warning("%s: cannot be rebuilt at other widths; left to the calibration", name)
+                log.warning("%s: cannot be rebuilt at other widths; left to the fit", call.module)
             else:
                 terms.append(term)
     finally:
         torch.set_num_threads(old)
     full = {u.name: u.channels for u in units}
-    measured = {f: measure_runtime(c, example, batch, threads, runtime, runs, clock) for f, c in cuts.items()}  # fmt: skip
+    measured = {
+        f: measure_runtime(c, example, batch, threads, runtime, runs, clock)
+        for f, c in cuts.items()
+    }
     if layers == "in-model":
         terms = with_extras(terms, cuts, example, batch, threads, runs, clock, full)
     return LatencyTable.fitted(batch, tuple(terms), measured, full)
@@ -278,7 +276,7 @@ def _table(model: nn.Module, units: list[Unit], example: torch.Tensor, batch: in
 def profile_latency(model: nn.Module, example: torch.Tensor, batches: Sequence[int] = (1, 64),
                     threads: int | None = None, runtime: Runtime = "torch",
                     probes: Sequence[float] = PROBES, step: int = 8, runs: int = 10,
-                    calibration: Sequence[float] = CALIBRATION,
+                    calibration: Sequence[float] | None = None,
                     clock: Clock = "wall", layers: LayerTiming = "alone") -> LatencyLUT:  # fmt: skip
     """Measure the latency table of ``model`` (any layout; its own is kept) on this machine.
 
@@ -292,17 +290,25 @@ def profile_latency(model: nn.Module, example: torch.Tensor, batches: Sequence[i
         probes: keep fractions of the probed input widths (1.0 is always added).
         step: output widths are probed at every multiple of ``step`` and one above it.
         runs: timed calls per grid point and per whole-model measurement (median).
-        calibration: uniform keep fractions of the whole-model fit (1.0 is always added).
+        calibration: uniform keep fractions of the whole-model fit (1.0 is always added);
+            default :data:`CALIBRATION`, or :data:`CALIBRATION_IN_MODEL` with in-model extras.
         clock: ``wall`` (elapsed) or ``cpu`` (the calling thread's CPU time; needs 1 thread).
         layers: ``in-model`` adds to each layer's grid its time inside the whole forward
             minus its time alone, measured at the calibration cuts
             (:func:`~rlprune.pruning.calls.with_extras`); ``alone``: the grid only.
 
     Raises:
-        ConfigError: ``clock="cpu"`` with other than 1 thread, or on CUDA (one line).
+        ConfigError: ``clock="cpu"`` with other than 1 thread, or on CUDA; in-model extras
+            with another runtime than eager torch (one line).
     """
     n = threads or torch.get_num_threads()
     check_clock(clock, n, _on_cuda(model, example))
+    if layers == "in-model" and runtime != "torch":
+        # the extras are eager torch's (fresh blocks, unfused BN and ReLU); a compiled or
+        # ONNX Runtime graph fuses and plans memory its own way
+        raise ConfigError(f"layers=in-model times eager torch; use layers=alone with {runtime}")
+    if calibration is None:
+        calibration = CALIBRATION_IN_MODEL if layers == "in-model" else CALIBRATION
     model = copy.deepcopy(model).eval()
     units = find_units(model, example)
     cuts = {f: uniform_cut(model, example, f) for f in sorted({1.0, *calibration}, reverse=True)}

@@ -32,6 +32,7 @@ __all__ = [
     "build_graph",
     "classifier_names",
     "resolve_min_keep",
+    "round_count",
     "trace_units",
 ]
 
@@ -310,3 +311,16 @@ def trace_units(
         raise PruningError("the model has no prunable conv layer (after exclusions)")
     found.sort(key=lambda ur: order[ur[0].producers[0]])
     return [(replace(u, depth=i), r) for i, (u, r) in enumerate(found)]
+
+
+def round_count(kept: int, channels: int, multiple: int, need: int = 1) -> int:
+    """``kept`` rounded to the nearest multiple of ``multiple`` (ties: up), never below ``need``
+    and never above ``channels``; ``channels`` itself (no cut) is always allowed.
+
+    ``round_count(21, 64, 8) == 24``, ``round_count(20, 64, 8) == 24``,
+    ``round_count(3, 64, 8, need=7) == 8``, ``round_count(60, 62, 16) == 62``.
+    """
+    if multiple <= 1 or kept >= channels:
+        return min(max(kept, need), channels)
+    options = [m for m in range(multiple, channels + 1, multiple) if m >= need] + [channels]
+    return min(options, key=lambda m: (abs(m - kept), -m))
