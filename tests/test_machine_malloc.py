@@ -112,3 +112,41 @@ def test_cli_profile_steady_malloc_is_recorded_in_the_table(tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "steady malloc" in proc.stdout
     assert json.loads((tmp_path / "lut.json").read_text())["machine"]["malloc"] == "steady"
+
+
+@pytest.mark.parametrize("here", ["system", "steady"])
+def test_a_table_timed_under_another_allocator_is_named(
+    here: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import dataclasses
+
+    import torch
+
+    from rlprune.config import PruneConfig, RewardConfig
+    from rlprune.runstate import RunDir
+    from rlprune.search import costs
+    from tests.test_latency import _toy_lut
+    from tests.toy import ToyNet
+
+    lut = _toy_lut()
+    lut = dataclasses.replace(lut, machine={**lut.machine, "malloc": "steady"})
+    path = lut.save(tmp_path / "lut.json")
+    rc = RewardConfig(mode="budget", efficiency="latency", target_latency=0.5,
+                      latency_table=str(path))  # fmt: skip
+    monkeypatch.setattr(costs, "malloc_mode", lambda: here)
+    with caplog.at_level("WARNING", logger="rlprune"):
+        got = costs.search_lut(
+            ToyNet(),
+            torch.rand(1, 4, 4, 4),
+            PruneConfig(reward=rc),
+            RunDir(tmp_path / "run"),
+            False,
+        )
+    assert got is not None and got.machine["malloc"] == "steady"
+    warned = [r.getMessage() for r in caplog.records if "malloc" in r.getMessage()]
+    if here == "steady":
+        assert warned == []
+    else:
+        assert (
+            len(warned) == 1 and "timed under steady malloc, this process runs system" in warned[0]
+        )

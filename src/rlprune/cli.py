@@ -253,7 +253,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     """Measure the latency table of a checkpoint on this machine and save it as JSON."""
     from rlprune.checkpoint import load_model
-    from rlprune.machine import steady_malloc
     from rlprune.models import set_layout
     from rlprune.pruning.profile import profile_latency
 
@@ -268,8 +267,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_writable(out.parent if str(out.parent) else Path("."))
     set_layout(model, not args.nchw)
-    if args.steady_malloc and not steady_malloc():
-        raise RlpruneError("--steady-malloc needs glibc's malloc (mallopt), not found here")
     t0 = time.perf_counter()
     lut = profile_latency(
         model, spec.example_input(), batches, args.threads, args.runtime, clock=args.clock,
@@ -381,6 +378,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("rlprune").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
+        if getattr(args, "steady_malloc", False):  # process-wide: chosen once, here
+            from rlprune.machine import steady_malloc
+
+            if not steady_malloc():
+                raise RlpruneError("--steady-malloc needs glibc's malloc (mallopt), not found here")
         return int(args.func(args))
     except RlpruneError as e:
         print(f"rlprune: error: {_one_line(str(e))}", file=sys.stderr)

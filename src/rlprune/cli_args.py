@@ -102,6 +102,17 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars (default: shown)")
 
 
+def _malloc_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--steady-malloc",
+        action="store_true",
+        help="keep large blocks on glibc's heap in this process (no page faults per layer "
+        "output; latencies then match a table profiled with it; deploy with "
+        "MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 to match) "
+        "(default: off)",
+    )
+
+
 def _add_train(sub: Subparsers, cmd: Command) -> None:
     from rlprune.models import MODELS
 
@@ -181,6 +192,7 @@ def _add_prune(sub: Subparsers, cmd: Command) -> None:
         help="latency table from `rlprune profile` (e.g. made on the deployment machine); "
         "sets reward.efficiency=latency (default: profiled on the fly when latency is priced)",
     )
+    _malloc_arg(r)
     r.add_argument(
         "--mode",
         choices=["budget", "amc"],
@@ -209,6 +221,7 @@ def _add_compare(sub: Subparsers, cmd: Command) -> None:
     c = sub.add_parser("compare", help="RL vs heuristic pruners at equal MACs and fine-tuning")
     c.add_argument("--checkpoint", required=True, help="baseline model.pt (required)")
     _data_args(c)
+    _malloc_arg(c)
     c.add_argument(
         "--out",
         required=True,
@@ -274,13 +287,7 @@ def _add_profile(sub: Subparsers, cmd: Command) -> None:
         help="what is timed: elapsed time, or the CPU time of the one timing thread, which "
         "leaves out time the core spent elsewhere (needs --threads 1) (default: wall)",
     )
-    p.add_argument(
-        "--steady-malloc",
-        action="store_true",
-        help="keep large blocks on glibc's heap while timing (no page faults per layer output; "
-        "deploy with MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 to match) "
-        "(default: off)",
-    )
+    _malloc_arg(p)
     p.add_argument(
         "--layers",
         choices=LAYER_TIMINGS,

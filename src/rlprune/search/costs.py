@@ -16,6 +16,7 @@ from torch import nn
 
 from rlprune.config import PruneConfig
 from rlprune.errors import ConfigError, RlpruneError
+from rlprune.machine import malloc_mode
 from rlprune.pruning import find_units
 from rlprune.pruning.latency import LatencyLUT
 from rlprune.pruning.profile import measure_runtime, profile_latency
@@ -69,6 +70,13 @@ def search_lut(
         "latency table %s: %s, %s, %d thread(s), %s clock, batches %s", where,
         lut.machine.get("cpu", "?"), lut.runtime, lut.threads, lut.clock, sorted(lut.tables),
     )  # fmt: skip
+    timed, here = lut.machine.get("malloc", "system"), malloc_mode()
+    if timed != here:  # the allocator moved resnet20's batch-64 time by ~30% (docs/LATENCY.md)
+        log.warning(
+            "latency table %s was timed under %s malloc, this process runs %s malloc: the "
+            "report's measured latencies will not match its predictions (--steady-malloc, or "
+            "MALLOC_MMAP_THRESHOLD_, on both or neither)", where, timed, here,
+        )  # fmt: skip
     return lut
 
 
