@@ -68,6 +68,29 @@ def _structures(base: nn.Module, example: torch.Tensor) -> dict[str, tuple[nn.Mo
     return out
 
 
+def _searched(name: str, base: nn.Module) -> dict[str, tuple[nn.Module, dict[str, int]]]:
+    """The models bench/latency_aware.py's searches pruned (its cells in docs/results/latency
+    and latency_joint, models under runs/): both arms of every seed, the layer-wise walk's and
+    the joint search's; one entry per distinct structure, and the baseline."""
+    out = {"baseline": (base, {})}
+    seen: set[tuple[int, ...]] = set()
+    for tag, cells, runs in (("walk", "latency", "latency_aware"),
+                             ("joint", "latency_joint", "latency_aware_joint")):  # fmt: skip
+        for cell in sorted((ROOT / "docs" / "results" / cells).glob(f"{name}_s*.json")):
+            row = json.loads(cell.read_text())
+            second = row.get("attempts", 1) > 1
+            for arm, kind in (("macs_aware", "macs"), ("latency_aware", "latency2" if second else "latency")):  # fmt: skip
+                counts = {u: int(k) for u, k in row[arm]["kept"].items()}
+                key = tuple(counts[u] for u in sorted(counts))
+                if key in seen:
+                    continue
+                seen.add(key)
+                path = ROOT / "runs" / runs / name / f"{kind}_s{row['seed']}" / "model.pt"
+                net = set_layout(load_model(path)[0], True).eval()
+                out[f"{tag} {kind} s{row['seed']}"] = (net, counts)
+    return out
+
+
 def _sweep(base: nn.Module, example: torch.Tensor, full: dict[str, int]
            ) -> dict[str, tuple[nn.Module, dict[str, int]]]:  # fmt: skip
     """Every unit kept at ``k/16`` of its width, k = 4..16 (L1 filters): on resnet20 widths
@@ -100,7 +123,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.lut_out:
         lut.save(args.lut_out)  # a table from this machine, to price searches made elsewhere
     print(f"{args.model}: table profiled on the cpu clock in {profile_s:.0f} s")
-    nets = _sweep(base, example, dict(lut.units)) if args.sweep else _structures(base, example)
+    if args.searched:
+        nets = _searched(args.model, base)
+    elif args.sweep:
+        nets = _sweep(base, example, dict(lut.units))
+    else:
+        nets = _structures(base, example)
     base_macs = count_macs_params(base, example)[0]
     times: dict[tuple[str, int, str], list[float]] = {}
     t0 = time.perf_counter()
@@ -171,6 +199,9 @@ def main() -> None:
                    help="keep large blocks on glibc's heap (rlprune.machine.steady_malloc)")  # fmt: skip
     p.add_argument("--sweep", action="store_true",
                    help="structures: every unit at k/16 of its width, k = 4..16")  # fmt: skip
+    p.add_argument("--searched", action="store_true",
+                   help="structures: the models bench/latency_aware.py's searches pruned "
+                   "(runs/latency_aware*/)")  # fmt: skip
     args = p.parse_args()
     if args.steady_malloc and not steady_malloc():
         raise SystemExit("--steady-malloc: no glibc mallopt here")
