@@ -79,7 +79,8 @@ def _searched(name: str, base: nn.Module) -> dict[str, tuple[nn.Module, dict[str
         for cell in sorted((ROOT / "docs" / "results" / cells).glob(f"{name}_s*.json")):
             row = json.loads(cell.read_text())
             second = row.get("attempts", 1) > 1
-            for arm, kind in (("macs_aware", "macs"), ("latency_aware", "latency2" if second else "latency")):  # fmt: skip
+            arms = (("macs_aware", "macs"), ("latency_aware", "latency2" if second else "latency"))
+            for arm, kind in arms:
                 counts = {u: int(k) for u, k in row[arm]["kept"].items()}
                 key = tuple(counts[u] for u in sorted(counts))
                 if key in seen:
