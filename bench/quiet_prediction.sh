@@ -8,11 +8,11 @@
 # its errors and those of the same table refitted with layers alone.
 # Writes ONE tarball, $OUT/quiet_prediction.tgz: clock_{model}_{malloc}.json, the tables
 # lut_{model}_{malloc}.json (to price searches run elsewhere), machine.txt, logs.
-#   WHEELS=.whl CORE=3 ROUNDS=4 PY=python3 bash bench/quiet_prediction.sh
+#   WHEELS=.whl CORE=3 ROUNDS=3 PY=python3 bash bench/quiet_prediction.sh   # ~2 min a run on the VM
 set -u
 export LC_ALL=C
 cd "$(dirname "$0")/.." || exit 1
-WHEELS=${WHEELS:-.whl} PY=${PY:-python3} CORE=${CORE:-3} ROUNDS=${ROUNDS:-4}
+WHEELS=${WHEELS:-.whl} PY=${PY:-python3} CORE=${CORE:-3} ROUNDS=${ROUNDS:-3}
 OUT=${OUT:-/tmp/quiet_prediction_out} S=/tmp/quiet_prediction
 rm -rf "$S" && mkdir -p "$S" "$OUT"
 . bench/device_env.sh
