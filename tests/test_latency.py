@@ -174,7 +174,10 @@ def test_a_table_made_elsewhere_drives_a_search_onto_its_target(tmp_path: Path) 
     (row,) = report["latency"]["rows"]  # the table has batch 64 only
     assert row["batch"] == 64 and row["pruned"]["predicted_ms"] == pytest.approx(6.0)
     assert report["latency"]["cpu"] == "Elsewhere 9000 (amx_tile)"
-    assert "Latency: predicted vs measured" in (tmp_path / "run" / "report.md").read_text()
+    assert report["latency"]["malloc"] == "system"  # _toy_lut records none: glibc's default
+    assert report["latency"]["measured_malloc"] in ("system", "steady")
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "Latency: predicted vs measured" in md and "system malloc; measured here" in md
 
 
 def test_accuracy_mode_rewards_latency_saved_and_round_to_rounds(tmp_path: Path) -> None:

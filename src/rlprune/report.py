@@ -195,8 +195,9 @@ def _latency(rep: dict[str, Any]) -> list[str]:
     lines = [
         "", "## Latency: predicted vs measured", "",
         f"Table made on {lat.get('cpu', '?')}, runtime {lat.get('runtime', '?')}, "
-        f"{lat.get('threads', '?')} thread(s), {lat.get('clock', 'wall')} clock; measured here "
-        "the same way (median ms).", "",
+        f"{lat.get('threads', '?')} thread(s), {lat.get('clock', 'wall')} clock, "
+        f"{lat.get('malloc', 'system')} malloc; measured here the same way, under "
+        f"{lat.get('measured_malloc', 'system')} malloc (median ms).", "",
         "| batch | model | predicted | measured | error |", "|---:|---|---:|---:|---:|",
     ]  # fmt: skip
     for row in lat["rows"]:

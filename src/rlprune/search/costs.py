@@ -116,5 +116,7 @@ def latency_report(
         "runtime": lut.runtime,
         "threads": lut.threads,
         "clock": lut.clock,
+        "malloc": lut.machine.get("malloc", "system"),  # the table's allocator
+        "measured_malloc": malloc_mode(),  # this process's, which the measurements ran under
         "rows": rows,
     }
