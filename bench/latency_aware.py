@@ -49,6 +49,7 @@ from rlprune.baselines import prune_to_target
 from rlprune.checkpoint import load_model
 from rlprune.config import PruneConfig, RewardConfig
 from rlprune.data import load_dataset
+from rlprune.machine import malloc_mode, steady_malloc
 from rlprune.models import set_layout
 from rlprune.pruning import count_macs_params
 from rlprune.pruning.clock import Clock
@@ -95,13 +96,14 @@ def _measure(model: nn.Module, lut: LatencyLUT, counts: dict[str, int], example:
 
 
 def _search(name: str, seed: int, kind: str, reward: RewardConfig, args: argparse.Namespace,
-            ) -> tuple[nn.Module, dict[str, int], float]:  # fmt: skip
+            round_to: int = 1) -> tuple[nn.Module, dict[str, int], float]:  # fmt: skip
     model, spec, _ = load_model(BASE / f"{name}.pt")
     data = load_dataset("fashion-mnist", data_dir=DATA, seed=0, max_train=args.max_train)
-    cfg = PruneConfig(seed=seed, reward=reward, strategy=args.strategy, **SETTINGS)  # type: ignore[arg-type]
+    cfg = PruneConfig(seed=seed, reward=reward, strategy=args.strategy, round_to=round_to,
+                      **SETTINGS)  # type: ignore[arg-type]  # fmt: skip
     if args.smoke:
         cfg = PruneConfig(seed=seed, reward=reward, finetune_steps=2, final_finetune_epochs=0.01,
-                          strategy=args.strategy)  # fmt: skip
+                          strategy=args.strategy, round_to=round_to)  # fmt: skip
     out = RUNS / name / f"{kind}_s{seed}"
     res = prune(model, data.train, data.val, cfg, test=data.test, out_dir=out, spec=spec,
                 hflip=data.hflip, resume=(out / "rlprune-run.json").exists())  # fmt: skip
@@ -128,6 +130,7 @@ def run(args: argparse.Namespace) -> None:
                            "strategy": args.strategy,
                            "cpu": cpu_info(),
                            "torch": torch.__version__, "target_macs": args.target_macs,
+                           "malloc": malloc_mode(), "round_to": args.round_to,
                            "baseline": _measure(base, lut, full, example, t, args.runs)}  # fmt: skip
     macs_reward = RewardConfig(mode="budget", target_macs=args.target_macs)
     model, counts, acc = _search(name, seed, "macs", macs_reward, args)
@@ -145,7 +148,7 @@ def run(args: argparse.Namespace) -> None:
         lat_reward = RewardConfig(mode="budget", efficiency="latency", target_latency=ratio,
                                   latency_table=str(lut_path), latency_batch=64)  # fmt: skip
         kind = "latency" if attempt == 1 else "latency2"
-        model, counts, acc = _search(name, seed, kind, lat_reward, args)
+        model, counts, acc = _search(name, seed, kind, lat_reward, args, args.round_to)
         row["latency_aware"] = {"test_acc": acc, "kept": counts,
                                 **_measure(model, lut, counts, example, t, args.runs)}  # fmt: skip
         miss = _paired_ratio(model, macs_model, example, t, args.runs, lut.clock)
@@ -318,8 +321,18 @@ def main() -> None:
         help="use this latency table instead of profiling one (copied to the cells)",
     )
     p.add_argument("--cells", default=None, help="cell folder (smoke runs: elsewhere)")
+    p.add_argument("--round-to", type=int, default=1,
+                   help="the latency-aware arm keeps multiples of this (joint: cells in "
+                   "docs/results/latency_round{N})")  # fmt: skip
+    p.add_argument("--steady-malloc", action="store_true",
+                   help="large blocks on glibc's heap in this process (tables, timings)")  # fmt: skip
     args = p.parse_args()
-    if args.cells is None and args.strategy == "joint":
+    if args.steady_malloc and not steady_malloc():
+        raise SystemExit("--steady-malloc: no glibc mallopt here")
+    if args.cells is None and args.strategy == "joint" and args.round_to > 1:
+        CELLS = ROOT / f"docs/results/latency_round{args.round_to}"
+        RUNS = ROOT / f"runs/latency_round{args.round_to}"
+    elif args.cells is None and args.strategy == "joint":
         CELLS, RUNS = ROOT / "docs/results/latency_joint", ROOT / "runs/latency_aware_joint"
     elif args.cells is not None and Path(args.cells) != CELLS:
         CELLS, RUNS = Path(args.cells), Path(args.cells) / "runs"
