@@ -43,8 +43,9 @@ def write_page(cells: Path, root: Path) -> str:
              "more than 3%, one more latency-aware search at the corrected target (attempts = 2).",
              "Both get the benchmark's fine-tune budget (`finetune_steps=50`,",
              "`final_finetune_epochs=0.5`). The latencies below were measured at the end, the",
-             "baseline and both pruned models side by side (6 interleaved rounds of 30 timed",
-             "passes, median): this VM's speed drifts by 10-40% over minutes, so only numbers",
+             "baseline and both pruned models "
+             + (rows[0].get("measured", "side by side") if rows else "side by side") + ":",
+             "this VM's speed drifts by 10-40% over minutes, so only numbers",
              "timed together compare. Predictions are the table's, made once per model at the",
              "start; the last column compares ratios to the baseline, which is what a",
              "`--target-latency` budget constrains.", "",
@@ -64,16 +65,24 @@ def write_page(cells: Path, root: Path) -> str:
                      f"{statistics.fmean(b):.2f}% | {statistics.fmean(b) - statistics.fmean(a):+.2f} |")  # fmt: skip
     if rows:
         r0 = rows[0]
+        extra = "".join(f" --{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+                        for k, v in (("clock", r0.get("clock") != "wall" and r0.get("clock")),
+                                     ("round_to", r0.get("round_to", 1) > 1 and r0["round_to"]),
+                                     ("steady_malloc", r0.get("malloc") == "steady")) if v)  # fmt: skip
         lines += ["", f"CPU: {r0['cpu']}; {r0['threads']} thread(s); "
-                  f"{r0.get('clock', 'wall')} clock; torch {r0['torch']}; "
+                  f"{r0.get('clock', 'wall')} clock; {r0.get('malloc', 'system')} malloc; "
+                  f"latency-aware arm rounded to multiples of {r0.get('round_to', 1)}; "
+                  f"torch {r0['torch']}; "
                   f"MAC target {r0['target_macs']}; latency target = the MACs-aware model's predicted "
                   "batch-64 latency ratio (one corrected rerun when the measured latency misses it by > 3%).",
                   "Command: `.venv/bin/python bench/latency_aware.py run --model M --seed S "
                   f"--threads {r0['threads']}"
-                  + (" --strategy joint --lut docs/results/latency/M_lut.json"
-                     if search == "joint" else "")
+                  + (" --strategy joint" + (" --lut docs/results/latency/M_lut.json"
+                                            if r0.get("round_to", 1) == 1 else "")
+                     if search == "joint" else "") + extra
                   + "` for each model and seed, then `collect"
-                  + (" --strategy joint`." if search == "joint" else "`.")]  # fmt: skip
+                  + (" --strategy joint" if search == "joint" else "")
+                  + (f" --round-to {r0['round_to']}" if r0.get("round_to", 1) > 1 else "") + "`."]  # fmt: skip
     lines += _matched_lines(cells)
     md = (
         root / "docs" / "LATENCY.md"
