@@ -40,7 +40,7 @@ from rlprune.machine import malloc_mode, steady_malloc
 from rlprune.models import set_layout
 from rlprune.pruning import count_macs_params
 from rlprune.pruning.clock import Clock
-from rlprune.pruning.latency import LatencyModel
+from rlprune.pruning.latency import LatencyModel, uniform_counts
 from rlprune.pruning.profile import cpu_info, measure_runtime, profile_latency
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def _sweep(base: nn.Module, example: torch.Tensor, full: dict[str, int]
     k/2k/4k, so aligned (multiples of 8 or 16) and unaligned widths alternate."""
     out = {}
     for k in range(16, 3, -1):
-        counts = {u: max(1, round(c * k / 16)) for u, c in full.items()}
+        counts = uniform_counts(full, k / 16)
         model = copy.deepcopy(base)
         prune_to_target(model, "l1-rl-ratios", 1.0, example, counts=counts)
         out[f"uniform {k}/16"] = (set_layout(model, True).eval(), counts)

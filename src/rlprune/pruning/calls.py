@@ -24,7 +24,7 @@ from torch import nn
 
 from rlprune.models import is_channels_last
 from rlprune.pruning.clock import Clock, clock_reader
-from rlprune.pruning.latency import LayerTerm
+from rlprune.pruning.latency import LayerTerm, uniform_counts
 
 __all__ = ["LayerCall", "in_model_ms", "layer_calls", "with_extras"]
 
@@ -128,12 +128,12 @@ def with_extras(terms: list[LayerTerm], cuts: Mapping[float, nn.Module], example
     points: dict[str, dict[float, list[float]]] = {t.name: {} for t in terms}
     for frac, cut in cuts.items():
         inside = in_model_ms(cut, example, batch, threads, runs, clock)
-        counts = {u: max(1, round(frac * c)) for u, c in full.items()}
+        counts = uniform_counts(full, frac)
         for t in terms:
             if t.name in inside:
                 a, b = t.widths(counts, full)
-                width = b if t.b_slopes else a
-                points[t.name].setdefault(width, []).append(inside[t.name] - t.predict(a, b))
+                extra = inside[t.name] - t.predict(a, b)
+                points[t.name].setdefault(t.extra_width(a, b), []).append(extra)
     return [
         replace(t, extra=tuple((w, statistics.fmean(e)) for w, e in sorted(points[t.name].items())))
         for t in terms

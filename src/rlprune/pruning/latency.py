@@ -49,6 +49,7 @@ __all__ = [
     "Runtime",
     "check_clock",
     "clock_reader",
+    "uniform_counts",
 ]
 
 Runtime = Literal["torch", "export", "onnxruntime"]
@@ -58,6 +59,11 @@ LUT_FORMAT = "rlprune-latency-table"
 LUT_VERSION = 2  # 2: terms may carry in-model extras, which version-1 readers would ignore
 _READS = (1, 2)
 _MAX_LUT_BYTES = 32 << 20
+
+
+def uniform_counts(full: Mapping[str, int], fraction: float) -> dict[str, int]:
+    """Every unit at ``round(fraction * C)`` of its ``C`` channels, at least 1: a calibration cut."""
+    return {u: max(1, round(fraction * c)) for u, c in full.items()}
 
 
 def _interp(grid: tuple[float, ...], x: float) -> tuple[int, int, float]:
@@ -108,7 +114,11 @@ class LayerTerm:
         m = self.ms
         lo = m[i0][j0] * (1 - wb) + m[i0][j1] * wb
         hi = m[i1][j0] * (1 - wb) + m[i1][j1] * wb
-        return max(0.0, lo * (1 - wa) + hi * wa + self.in_model(b if self.b_slopes else a))
+        return max(0.0, lo * (1 - wa) + hi * wa + self.in_model(self.extra_width(a, b)))
+
+    def extra_width(self, a: float, b: float) -> float:
+        """The width the in-model extra follows: the output's, or else the input's (per-channel)."""
+        return b if self.b_slopes else a
 
     def in_model(self, width: float) -> float:
         """The in-model extra (ms) at ``width``: linear between the measured points and from
@@ -196,10 +206,7 @@ class LatencyTable:
         if not measured:
             raise ValueError("no whole-model measurements to fit")
         raw0 = cls(batch, terms, 1.0, 0.0)
-        pts = [
-            (f, m, raw0.raw({u: max(1, round(f * c)) for u, c in full.items()}, full))
-            for f, m in measured.items()
-        ]
+        pts = [(f, m, raw0.raw(uniform_counts(full, f), full)) for f, m in measured.items()]
         xs, ys = [p[2] for p in pts], [p[1] for p in pts]
         mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
         var = sum((x - mx) ** 2 for x in xs)

@@ -43,7 +43,14 @@ from rlprune.models import is_channels_last, set_layout
 from rlprune.pruning.calls import LayerCall, layer_calls, with_extras
 from rlprune.pruning.clock import Clock, check_clock
 from rlprune.pruning.importance import filter_l1
-from rlprune.pruning.latency import LatencyLUT, LatencyTable, LayerTerm, LayerTiming, Runtime
+from rlprune.pruning.latency import (
+    LatencyLUT,
+    LatencyTable,
+    LayerTerm,
+    LayerTiming,
+    Runtime,
+    uniform_counts,
+)
 from rlprune.pruning.metrics import time_calls
 from rlprune.pruning.surgery import remove_channels
 from rlprune.pruning.units import Unit
@@ -163,9 +170,11 @@ def uniform_cut(
     """A copy of ``model`` with every unit cut to ``round(fraction * C)`` channels (smallest
     filter L1 norms removed), in the model's layout."""
     out = copy.deepcopy(model).eval()
-    for name in [u.name for u in find_units(out, example, exclude)]:
+    counts = uniform_counts(
+        {u.name: u.channels for u in find_units(out, example, exclude)}, fraction
+    )
+    for name, keep in counts.items():
         unit = next(u for u in find_units(out, example, exclude) if u.name == name)
-        keep = max(1, round(fraction * unit.channels))
         mask = torch.zeros(unit.channels)
         mask[torch.topk(filter_l1(out, unit), keep).indices] = 1
         remove_channels(out, unit, mask, example, min_keep=1)
