@@ -5,9 +5,11 @@ For each model (checkpoints in docs/results/base/, Fashion-MNIST) and seed:
 1. a latency table is profiled once per model on this machine (batch 1 and 64, ``--threads``
    threads, eager torch, NHWC) and kept in docs/results/latency/{model}_lut.json;
 2. MACs-aware: the layer-wise RL search in budget mode at ``--target-macs``;
-3. its pruned model's batch-64 latency is measured; its ratio to the baseline's is the target of
+3. its pruned model's predicted batch-64 latency ratio to the baseline is the target of
 4. latency-aware: the same search priced with the table, ``--target-latency`` at that ratio;
-5. both pruned models are measured (test accuracy; latency at batch 1 and 64, predicted by the
+   while the two models' batch-64 latencies, timed in alternation, differ by more than 3%,
+   another search at the target corrected by that miss (``--attempts`` in all);
+5. the baseline and both pruned models are timed side by side, and measured (test accuracy; latency at batch 1 and 64, predicted by the
    table and measured, ``--threads`` threads) into docs/results/latency/{model}_s{seed}.json.
 
 The fine-tune budget is the benchmark's (bench/results.yaml: finetune_steps=50,
@@ -131,6 +133,7 @@ def run(args: argparse.Namespace) -> None:
                            "cpu": cpu_info(),
                            "torch": torch.__version__, "target_macs": args.target_macs,
                            "malloc": malloc_mode(), "round_to": args.round_to,
+                           "max_attempts": args.attempts, "check_rounds": args.check_rounds,
                            "baseline": _measure(base, lut, full, example, t, args.runs)}  # fmt: skip
     macs_reward = RewardConfig(mode="budget", target_macs=args.target_macs)
     model, counts, acc = _search(name, seed, "macs", macs_reward, args)
@@ -138,26 +141,31 @@ def run(args: argparse.Namespace) -> None:
     row["macs_aware"] = {"test_acc": acc, "kept": counts,
                          **_measure(model, lut, counts, example, t, args.runs)}  # fmt: skip
     # The target: the MACs-aware model's latency in the table's own terms (predicted / baseline
-    # predicted), so a bias the table shares for both models cancels. If the latency-aware
-    # model still lands more than TOLERANCE off the MACs-aware one's batch-64 latency (the two
-    # timed in alternation), one more search at the target scaled by that miss (its cell says
-    # "attempts": 2).
+    # predicted), so a bias the table shares for both models cancels. While the latency-aware
+    # model lands more than TOLERANCE off the MACs-aware one's batch-64 latency (the two timed
+    # in alternation, ``--check-rounds`` rounds), another search at the target scaled by that
+    # miss, up to ``--attempts`` searches; each run folder is named by its target, so a rerun
+    # resumes exactly the searches it asks for again.
     ratio = row["macs_aware"]["b64_predicted_ms"] / row["baseline"]["b64_predicted_ms"]
-    for attempt in (1, 2):
+    row["search_targets"], row["paired_checks"] = [], []
+    for attempt in range(1, args.attempts + 1):
         row["target_latency"], row["attempts"] = ratio, attempt
         lat_reward = RewardConfig(mode="budget", efficiency="latency", target_latency=ratio,
                                   latency_table=str(lut_path), latency_batch=64)  # fmt: skip
-        kind = "latency" if attempt == 1 else "latency2"
+        kind = "latency" if attempt == 1 else f"latency_t{ratio:.4f}"
         model, counts, acc = _search(name, seed, kind, lat_reward, args, args.round_to)
+        row["latency_run"] = kind
         row["latency_aware"] = {"test_acc": acc, "kept": counts,
                                 **_measure(model, lut, counts, example, t, args.runs)}  # fmt: skip
-        miss = _paired_ratio(model, macs_model, example, t, args.runs, lut.clock)
+        miss = _paired_ratio(model, macs_model, example, t, args.runs, lut.clock,
+                             args.check_rounds)  # fmt: skip
         row["latency_aware"]["paired_b64_ratio"] = miss
+        row["search_targets"].append(ratio)
+        row["paired_checks"].append(miss)
         if abs(miss - 1) <= TOLERANCE:
             break
         ratio = min(0.99, ratio / miss)
-    kinds = ("macs", "latency" if row["attempts"] == 1 else "latency2")
-    _side_by_side(row, base, kinds, lut, example, args)
+    _side_by_side(row, base, ("macs", kind), lut, example, args, args.final_rounds)
     cell.write_text(json.dumps(row, indent=1))
     print(json.dumps({k: row[k] for k in ("model", "seed", "target_latency")}), "->", cell)
 
@@ -207,6 +215,12 @@ def _side_by_side(row: dict[str, Any], base: nn.Module, kinds: tuple[str, str], 
     row["measured"] = f"side by side, median of {rounds} rounds x {args.runs} passes"
 
 
+def _latency_run(row: dict[str, Any]) -> str:
+    """The run folder of a cell's latency-aware model (cells before ``latency_run`` was
+    recorded made at most two attempts, the second in ``latency2``)."""
+    return row.get("latency_run") or ("latency" if row.get("attempts", 1) == 1 else "latency2")
+
+
 def remeasure(args: argparse.Namespace) -> None:
     """Measure a finished cell's three models again, side by side."""
     cell = CELLS / f"{args.model}_s{args.seed}.json"
@@ -214,8 +228,8 @@ def remeasure(args: argparse.Namespace) -> None:
     base, spec, _ = load_model(BASE / f"{args.model}.pt")
     assert spec is not None
     lut = LatencyLUT.load(CELLS / f"{args.model}_lut.json")
-    kinds = ("macs", "latency" if row.get("attempts", 1) == 1 else "latency2")
-    _side_by_side(row, base, kinds, lut, spec.example_input(), args)
+    _side_by_side(row, base, ("macs", _latency_run(row)), lut, spec.example_input(), args,
+                  args.final_rounds)  # fmt: skip
     cell.write_text(json.dumps(row, indent=1))
     print(f"{cell}: measured again side by side")
 
@@ -231,7 +245,7 @@ def match(args: argparse.Namespace) -> None:
         print(f"{out} exists: skipped")
         return
     walk = json.loads((WALK_CELLS / f"{name}_s{seed}.json").read_text())
-    kind = "latency" if walk.get("attempts", 1) == 1 else "latency2"
+    kind = _latency_run(walk)
     base, spec, _ = load_model(BASE / f"{name}.pt")
     assert spec is not None
     example = spec.example_input()
@@ -307,6 +321,12 @@ def main() -> None:
                    help="clock of a new table and of the timings (cpu: --threads 1)")  # fmt: skip
     p.add_argument("--target-macs", type=float, default=0.5)
     p.add_argument("--runs", type=int, default=30, help="timed passes per measurement")
+    p.add_argument("--attempts", type=int, default=3,
+                   help="latency-aware searches at most, each aimed by the last one's miss")  # fmt: skip
+    p.add_argument("--check-rounds", type=int, default=8,
+                   help="alternating batch-64 rounds of the check after each search")  # fmt: skip
+    p.add_argument("--final-rounds", type=int, default=10,
+                   help="interleaved rounds of the final side-by-side timing")  # fmt: skip
     p.add_argument("--max-train", type=int, default=None, help="smoke runs: fewer images")
     p.add_argument("--smoke", action="store_true", help="tiny fine-tune budget (a check only)")
     p.add_argument(

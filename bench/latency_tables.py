@@ -40,7 +40,10 @@ def write_page(cells: Path, root: Path) -> str:
              "then the same search priced by the model's latency table (`rlprune profile`,",
              "batch 64) with `--target-latency` at the MACs-aware model's predicted latency",
              "ratio; when the two models' batch-64 latencies, timed in alternation, differ by",
-             "more than 3%, one more latency-aware search at the corrected target (attempts = 2).",
+             "more than 3%, another latency-aware search at the target corrected by that miss,",
+             f"up to {rows[0].get('max_attempts', 2) if rows else 2} searches "
+             f"(the check: {rows[0].get('check_rounds', 4) if rows else 4} alternating rounds;"
+             " `attempts` counts the searches made).",
              "Both get the benchmark's fine-tune budget (`finetune_steps=50`,",
              "`final_finetune_epochs=0.5`). The latencies below were measured at the end, the",
              "baseline and both pruned models "
@@ -74,7 +77,7 @@ def write_page(cells: Path, root: Path) -> str:
                   f"latency-aware arm rounded to multiples of {r0.get('round_to', 1)}; "
                   f"torch {r0['torch']}; "
                   f"MAC target {r0['target_macs']}; latency target = the MACs-aware model's predicted "
-                  "batch-64 latency ratio (one corrected rerun when the measured latency misses it by > 3%).",
+                  "batch-64 latency ratio (corrected reruns while the measured latency misses it by > 3%).",
                   "Command: `.venv/bin/python bench/latency_aware.py run --model M --seed S "
                   f"--threads {r0['threads']}"
                   + (" --strategy joint" + (" --lut docs/results/latency/M_lut.json"
