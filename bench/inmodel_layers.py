@@ -10,7 +10,6 @@ beside the whole forward's median.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import functools
 import statistics
@@ -19,8 +18,9 @@ from pathlib import Path
 
 import torch
 
+from benchargs import parse, parser  # bench/, beside this script
 from rlprune.checkpoint import load_model
-from rlprune.machine import cpu_summary, malloc_mode, steady_malloc
+from rlprune.machine import cpu_summary, malloc_mode
 from rlprune.models import set_layout
 from rlprune.pruning.calls import in_model_ms, layer_calls
 from rlprune.pruning.metrics import time_calls
@@ -40,12 +40,8 @@ def _alone(mod: torch.nn.Module, shape_in: tuple[int, ...], shape_out: tuple[int
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="resnet20", choices=["resnet20", "vgg-small"])
-    p.add_argument("--steady-malloc", action="store_true")
-    args = p.parse_args()
-    if args.steady_malloc and not steady_malloc():
-        raise SystemExit("--steady-malloc: no glibc mallopt here")
+    p = parser(__doc__, "resnet20")
+    args = parse(p)
     torch.set_num_threads(1)
     base, spec, _ = load_model(BASE / f"{args.model}.pt")
     assert spec is not None

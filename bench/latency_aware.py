@@ -46,12 +46,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchargs import parse, parser  # bench/, beside this script
 from latency_tables import BATCHES, write_page  # bench/, beside this script
 from rlprune.baselines import prune_to_target
 from rlprune.checkpoint import load_model
 from rlprune.config import PruneConfig, RewardConfig
 from rlprune.data import load_dataset
-from rlprune.machine import malloc_mode, steady_malloc
+from rlprune.machine import malloc_mode
 from rlprune.models import set_layout
 from rlprune.pruning import count_macs_params
 from rlprune.pruning.clock import Clock
@@ -312,9 +313,8 @@ def rounding(args: argparse.Namespace) -> None:
 
 def main() -> None:
     global CELLS, RUNS
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("action", choices=["run", "collect", "rounding", "remeasure", "match"])
-    p.add_argument("--model", default="vgg-small", choices=["vgg-small", "resnet20"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="threads of every timing")
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
@@ -344,11 +344,7 @@ def main() -> None:
     p.add_argument("--round-to", type=int, default=1,
                    help="the latency-aware arm keeps multiples of this (joint: cells in "
                    "docs/results/latency_round{N})")  # fmt: skip
-    p.add_argument("--steady-malloc", action="store_true",
-                   help="large blocks on glibc's heap in this process (tables, timings)")  # fmt: skip
-    args = p.parse_args()
-    if args.steady_malloc and not steady_malloc():
-        raise SystemExit("--steady-malloc: no glibc mallopt here")
+    args = parse(p)
     if args.cells is None and args.strategy == "joint" and args.round_to > 1:
         CELLS = ROOT / f"docs/results/latency_round{args.round_to}"
         RUNS = ROOT / f"runs/latency_round{args.round_to}"

@@ -34,9 +34,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchargs import parse, parser  # bench/, beside this script
 from rlprune.baselines import prune_to_target
 from rlprune.checkpoint import load_model
-from rlprune.machine import malloc_mode, steady_malloc
+from rlprune.machine import malloc_mode
 from rlprune.models import set_layout
 from rlprune.pruning import count_macs_params
 from rlprune.pruning.clock import Clock
@@ -189,23 +190,18 @@ def show(res: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="vgg-small", choices=["vgg-small", "resnet20"])
+    p = parser(__doc__, "vgg-small")
     p.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds")
     p.add_argument("--runs", type=int, default=20, help="timed passes per b64 measurement (b1: 5x)")
     p.add_argument("--profile-runs", type=int, default=10, help="timed calls per probe")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--lut-out", default=None, help="also save the profiled table here")
-    p.add_argument("--steady-malloc", action="store_true",
-                   help="keep large blocks on glibc's heap (rlprune.machine.steady_malloc)")  # fmt: skip
     p.add_argument("--sweep", action="store_true",
                    help="structures: every unit at k/16 of its width, k = 4..16")  # fmt: skip
     p.add_argument("--searched", action="store_true",
                    help="structures: the models bench/latency_aware.py's searches pruned "
                    "(runs/latency_aware*/)")  # fmt: skip
-    args = p.parse_args()
-    if args.steady_malloc and not steady_malloc():
-        raise SystemExit("--steady-malloc: no glibc mallopt here")
+    args = parse(p)
     res = run(args)
     show(res)
     if args.json:

@@ -10,16 +10,16 @@ forward against the table's. Layers off by more than 0.3 ms are listed.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 from pathlib import Path
 
 import torch
 
+from benchargs import parse, parser  # bench/, beside this script
 from rlprune.baselines import prune_to_target
 from rlprune.checkpoint import load_model
-from rlprune.machine import cpu_summary, malloc_mode, steady_malloc
+from rlprune.machine import cpu_summary, malloc_mode
 from rlprune.models import set_layout
 from rlprune.pruning.calls import in_model_ms
 from rlprune.pruning.profile import measure_runtime, profile_latency
@@ -28,14 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="vgg-small", choices=["vgg-small", "resnet20"])
+    p = parser(__doc__, "vgg-small")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--arm", default="macs_aware", choices=["macs_aware", "latency_aware"])
-    p.add_argument("--steady-malloc", action="store_true")
-    args = p.parse_args()
-    if args.steady_malloc and not steady_malloc():
-        raise SystemExit("--steady-malloc: no glibc mallopt here")
+    args = parse(p)
     torch.set_num_threads(1)
     base, spec, _ = load_model(ROOT / "docs/results/base" / f"{args.model}.pt")
     assert spec is not None
