@@ -199,21 +199,29 @@ def _interleaved(nets: dict[Any, nn.Module], example: torch.Tensor, threads: int
 
 def _side_by_side(row: dict[str, Any], base: nn.Module, kinds: tuple[str, str], lut: LatencyLUT,
                   example: torch.Tensor, args: argparse.Namespace, rounds: int = 6) -> None:  # fmt: skip
-    """Measure the baseline and both pruned models again, interleaved: ``rounds`` rounds of
-    ``args.runs`` timed passes each, the median of the rounds' medians. This VM's speed drifts
-    by 10-15% over minutes, so only numbers measured side by side are compared; the
-    measurements taken right after each search (which steered the corrected rerun) are kept
-    under ``search_measured``."""
+    """Time the baseline and both pruned models again, interleaved (``rounds`` rounds of
+    ``args.runs`` passes, the median of the rounds' medians), and add that timing to the cell's
+    ``timings``. This VM's speed drifts over minutes, and two models' ratio with it (one pair
+    measured 0.99-1.08 in fifteen blocks of 6-8 rounds within 8 minutes), so only models timed
+    together compare, and each model's latency is the median over timings taken at different
+    times (``remeasure`` adds one). The timings taken right after each search (which steered
+    the corrected reruns) are kept under ``search_measured``."""
     models = {"baseline": base}
     for key, kind in zip(("macs_aware", "latency_aware"), kinds, strict=True):
         models[key] = load_model(RUNS / row["model"] / f"{kind}_s{row['seed']}" / "model.pt")[0]
+    if "timings" not in row and "measured" in row:  # a cell made before timings were kept
+        row["timings"] = [{k: {str(b): row[k][f"b{b}_measured_ms"] for b in BATCHES}
+                           for k in models}]  # fmt: skip
     times = _interleaved(models, example, args.threads, args.runs, lut.clock, rounds)
+    blocks = row.setdefault("timings", [])
+    blocks.append({k: {str(b): times[k, b] for b in BATCHES} for k in models})
     for key in models:
         m = row[key]
-        m["search_measured"] = {b: m.get(f"b{b}_measured_ms") for b in BATCHES}
+        m.setdefault("search_measured", {b: m.get(f"b{b}_measured_ms") for b in BATCHES})
         for b in BATCHES:
-            m[f"b{b}_measured_ms"] = times[key, b]
-    row["measured"] = f"side by side, median of {rounds} rounds x {args.runs} passes"
+            m[f"b{b}_measured_ms"] = statistics.median(t[key][str(b)] for t in blocks)
+    row["measured"] = (f"side by side, the median of {len(blocks)} timing(s) at different "
+                       f"times, each the median of {rounds} rounds x {args.runs} passes")  # fmt: skip
 
 
 def _latency_run(row: dict[str, Any]) -> str:
@@ -223,7 +231,7 @@ def _latency_run(row: dict[str, Any]) -> str:
 
 
 def remeasure(args: argparse.Namespace) -> None:
-    """Measure a finished cell's three models again, side by side."""
+    """Time a finished cell's three models again, side by side: one more of its timings."""
     cell = CELLS / f"{args.model}_s{args.seed}.json"
     row = json.loads(cell.read_text())
     base, spec, _ = load_model(BASE / f"{args.model}.pt")
@@ -232,7 +240,7 @@ def remeasure(args: argparse.Namespace) -> None:
     _side_by_side(row, base, ("macs", _latency_run(row)), lut, spec.example_input(), args,
                   args.final_rounds)  # fmt: skip
     cell.write_text(json.dumps(row, indent=1))
-    print(f"{cell}: measured again side by side")
+    print(f"{cell}: timed again side by side ({len(row['timings'])} timings)")
 
 
 def match(args: argparse.Namespace) -> None:

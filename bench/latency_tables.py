@@ -86,7 +86,7 @@ def write_page(cells: Path, root: Path) -> str:
                   + "` for each model and seed, then `collect"
                   + (" --strategy joint" if search == "joint" else "")
                   + (f" --round-to {r0['round_to']}" if r0.get("round_to", 1) > 1 else "") + "`."]  # fmt: skip
-    lines += _matched_lines(cells)
+    lines += _timing_lines(rows) + _matched_lines(cells)
     md = (
         root / "docs" / "LATENCY.md"
         if cells == root / "docs/results/latency"
@@ -96,6 +96,24 @@ def write_page(cells: Path, root: Path) -> str:
     kept = md.read_text().partition(ANALYSIS)[2] if md.exists() else ""
     md.write_text("\n".join(lines) + "\n\n" + ANALYSIS + kept)
     return "\n".join(lines)
+
+
+def _timing_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Latency-aware over MACs-aware measured latency in each side-by-side timing."""
+    if not rows or "timings" not in rows[0]:
+        return []
+    out = ["", "Latency-aware over MACs-aware measured latency in each side-by-side timing (the",
+           "timings were taken at different times; the table above has each model's median):", "",
+           "| model | seed | acc diff (pp) | b64 ratio: median (timings) | b1 ratio: median "
+           "(timings) |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        cols = []
+        for b in BATCHES:
+            q = [t["latency_aware"][str(b)] / t["macs_aware"][str(b)] for t in r["timings"]]
+            cols.append(f"{statistics.median(q):.3f} ({', '.join(f'{x:.3f}' for x in q)})")
+        d = r["latency_aware"]["test_acc"] - r["macs_aware"]["test_acc"]
+        out.append(f"| {r['model']} | {r['seed']} | {d:+.2f} | " + " | ".join(cols) + " |")
+    return out
 
 
 def _matched_lines(cells: Path) -> list[str]:
