@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from benchargs import parse, parser  # bench/, beside this script
-from latency_tables import BATCHES, write_page  # bench/, beside this script
+from latency_tables import BATCHES, latency_run, write_page  # bench/, beside this script
 from rlprune.baselines import prune_to_target
 from rlprune.checkpoint import load_model
 from rlprune.config import PruneConfig, RewardConfig
@@ -224,12 +224,6 @@ def _side_by_side(row: dict[str, Any], base: nn.Module, kinds: tuple[str, str], 
                        f"times, each the median of {rounds} rounds x {args.runs} passes")  # fmt: skip
 
 
-def _latency_run(row: dict[str, Any]) -> str:
-    """The run folder of a cell's latency-aware model (cells before ``latency_run`` was
-    recorded made at most two attempts, the second in ``latency2``)."""
-    return row.get("latency_run") or ("latency" if row.get("attempts", 1) == 1 else "latency2")
-
-
 def remeasure(args: argparse.Namespace) -> None:
     """Time a finished cell's three models again, side by side: one more of its timings."""
     cell = CELLS / f"{args.model}_s{args.seed}.json"
@@ -237,7 +231,7 @@ def remeasure(args: argparse.Namespace) -> None:
     base, spec, _ = load_model(BASE / f"{args.model}.pt")
     assert spec is not None
     lut = LatencyLUT.load(CELLS / f"{args.model}_lut.json")
-    _side_by_side(row, base, ("macs", _latency_run(row)), lut, spec.example_input(), args,
+    _side_by_side(row, base, ("macs", latency_run(row)), lut, spec.example_input(), args,
                   args.final_rounds)  # fmt: skip
     cell.write_text(json.dumps(row, indent=1))
     print(f"{cell}: timed again side by side ({len(row['timings'])} timings)")
@@ -254,7 +248,7 @@ def match(args: argparse.Namespace) -> None:
         print(f"{out} exists: skipped")
         return
     walk = json.loads((WALK_CELLS / f"{name}_s{seed}.json").read_text())
-    kind = _latency_run(walk)
+    kind = latency_run(walk)
     base, spec, _ = load_model(BASE / f"{name}.pt")
     assert spec is not None
     example = spec.example_input()

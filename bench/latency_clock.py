@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from benchargs import parse, parser  # bench/, beside this script
+from latency_tables import latency_run
 from rlprune.baselines import prune_to_target
 from rlprune.checkpoint import load_model
 from rlprune.machine import malloc_mode
@@ -70,17 +71,19 @@ def _structures(base: nn.Module, example: torch.Tensor) -> dict[str, tuple[nn.Mo
 
 
 def _searched(name: str, base: nn.Module) -> dict[str, tuple[nn.Module, dict[str, int]]]:
-    """The models bench/latency_aware.py's searches pruned (its cells in docs/results/latency
-    and latency_joint, models under runs/): both arms of every seed, the layer-wise walk's and
-    the joint search's; one entry per distinct structure, and the baseline."""
+    """The models bench/latency_aware.py's searches pruned (its cells in docs/results/latency,
+    latency_joint and latency_round{8,16}, models under runs/): both arms of every seed, the
+    layer-wise walk's, the joint search's and the rounded joint search's; one entry per
+    distinct structure, and the baseline."""
     out = {"baseline": (base, {})}
     seen: set[tuple[int, ...]] = set()
     for tag, cells, runs in (("walk", "latency", "latency_aware"),
-                             ("joint", "latency_joint", "latency_aware_joint")):  # fmt: skip
+                             ("joint", "latency_joint", "latency_aware_joint"),
+                             ("round8", "latency_round8", "latency_round8"),
+                             ("round16", "latency_round16", "latency_round16")):  # fmt: skip
         for cell in sorted((ROOT / "docs" / "results" / cells).glob(f"{name}_s*.json")):
             row = json.loads(cell.read_text())
-            second = row.get("attempts", 1) > 1
-            arms = (("macs_aware", "macs"), ("latency_aware", "latency2" if second else "latency"))
+            arms = (("macs_aware", "macs"), ("latency_aware", latency_run(row)))
             for arm, kind in arms:
                 counts = {u: int(k) for u, k in row[arm]["kept"].items()}
                 key = tuple(counts[u] for u in sorted(counts))
