@@ -26,6 +26,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -70,12 +71,10 @@ def _structures(base: nn.Module, example: torch.Tensor) -> dict[str, tuple[nn.Mo
     return out
 
 
-def _searched(name: str, base: nn.Module) -> dict[str, tuple[nn.Module, dict[str, int]]]:
-    """The models bench/latency_aware.py's searches pruned (its cells in docs/results/latency,
-    latency_joint and latency_round{8,16}, models under runs/): both arms of every seed, the
-    layer-wise walk's, the joint search's and the rounded joint search's; one entry per
-    distinct structure, and the baseline."""
-    out = {"baseline": (base, {})}
+def _searched_paths(name: str, runs_root: Path) -> dict[str, tuple[Path, dict[str, int]]]:
+    """``label -> (model.pt under runs_root, kept counts)`` for every distinct structure the
+    cells of bench/latency_aware.py name (see :func:`_searched`)."""
+    out: dict[str, tuple[Path, dict[str, int]]] = {}
     seen: set[tuple[int, ...]] = set()
     for tag, cells, runs in (("walk", "latency", "latency_aware"),
                              ("joint", "latency_joint", "latency_aware_joint"),
@@ -83,16 +82,35 @@ def _searched(name: str, base: nn.Module) -> dict[str, tuple[nn.Module, dict[str
                              ("round16", "latency_round16", "latency_round16")):  # fmt: skip
         for cell in sorted((ROOT / "docs" / "results" / cells).glob(f"{name}_s*.json")):
             row = json.loads(cell.read_text())
-            arms = (("macs_aware", "macs"), ("latency_aware", latency_run(row)))
-            for arm, kind in arms:
+            for arm, kind in (("macs_aware", "macs"), ("latency_aware", latency_run(row))):
                 counts = {u: int(k) for u, k in row[arm]["kept"].items()}
                 key = tuple(counts[u] for u in sorted(counts))
-                if key in seen:
-                    continue
-                seen.add(key)
-                path = ROOT / "runs" / runs / name / f"{kind}_s{row['seed']}" / "model.pt"
-                net = set_layout(load_model(path)[0], True).eval()
-                out[f"{tag} {kind} s{row['seed']}"] = (net, counts)
+                if key not in seen:
+                    seen.add(key)
+                    path = runs_root / runs / name / f"{kind}_s{row['seed']}" / "model.pt"
+                    out[f"{tag} {kind} s{row['seed']}"] = (path, counts)
+    return out
+
+
+def pack(name: str, dest: Path) -> None:
+    """Copy the searched models' model.pt files under ``dest`` (same layout as runs/), a few MB
+    to carry to another machine, where ``--searched --runs-dir dest`` reads them."""
+    for path, _ in _searched_paths(name, ROOT / "runs").values():
+        to = dest / path.relative_to(ROOT / "runs")
+        to.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, to)
+        print(to)
+
+
+def _searched(name: str, base: nn.Module, runs_root: Path
+              ) -> dict[str, tuple[nn.Module, dict[str, int]]]:  # fmt: skip
+    """The models bench/latency_aware.py's searches pruned (its cells in docs/results/latency,
+    latency_joint and latency_round{8,16}, models under ``runs_root``): both arms of every
+    seed, the layer-wise walk's, the joint search's and the rounded joint search's; one entry
+    per distinct structure, and the baseline."""
+    out = {"baseline": (base, {})}
+    for label, (path, counts) in _searched_paths(name, runs_root).items():
+        out[label] = (set_layout(load_model(path)[0], True).eval(), counts)
     return out
 
 
@@ -129,7 +147,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         lut.save(args.lut_out)  # a table from this machine, to price searches made elsewhere
     print(f"{args.model}: table profiled on the cpu clock in {profile_s:.0f} s")
     if args.searched:
-        nets = _searched(args.model, base)
+        nets = _searched(args.model, base, Path(args.runs_dir))
     elif args.sweep:
         nets = _sweep(base, example, dict(lut.units))
     else:
@@ -204,7 +222,14 @@ def main() -> None:
     p.add_argument("--searched", action="store_true",
                    help="structures: the models bench/latency_aware.py's searches pruned "
                    "(runs/latency_aware*/)")  # fmt: skip
+    p.add_argument("--runs-dir", default=str(ROOT / "runs"),
+                   help="--searched: the run folders' root (a --pack copy elsewhere)")  # fmt: skip
+    p.add_argument("--pack", default=None, metavar="DIR",
+                   help="only copy the searched models' model.pt files under DIR, to carry")  # fmt: skip
     args = parse(p)
+    if args.pack:
+        pack(args.model, Path(args.pack))
+        return
     res = run(args)
     show(res)
     if args.json:
