@@ -19,9 +19,8 @@ from pathlib import Path
 
 import torch
 
-from benchargs import parse, parser  # bench/, beside this script
+from benchargs import base_model, parse, parser  # bench/, beside this script
 from rlprune.baselines import prune_to_target
-from rlprune.checkpoint import load_model
 from rlprune.machine import cpu_summary, malloc_mode
 from rlprune.models import set_layout
 from rlprune.pruning.latency import uniform_counts
@@ -35,10 +34,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     args = parse(p)
     torch.set_num_threads(1)
-    base, spec, _ = load_model(ROOT / "docs/results/base" / f"{args.model}.pt")
-    assert spec is not None
-    example = spec.example_input()
-    set_layout(base, True).eval()
+    base, example = base_model(args.model)
     lut = profile_latency(base, example, (1, 64), threads=1, runs=10, clock="cpu")
     full = dict(lut.units)
     cell = json.loads((ROOT / "docs/results/latency" / f"{args.model}_s0.json").read_text())

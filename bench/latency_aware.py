@@ -9,8 +9,9 @@ For each model (checkpoints in docs/results/base/, Fashion-MNIST) and seed:
 4. latency-aware: the same search priced with the table, ``--target-latency`` at that ratio;
    while the two models' batch-64 latencies, timed in alternation, differ by more than 3%,
    another search at the target corrected by that miss (``--attempts`` in all);
-5. the baseline and both pruned models are timed side by side, and measured (test accuracy; latency at batch 1 and 64, predicted by the
-   table and measured, ``--threads`` threads) into docs/results/latency/{model}_s{seed}.json.
+5. the baseline and both pruned models are timed side by side; test accuracy and latency at
+   batch 1 and 64 (predicted by the table and measured, ``--threads`` threads) go into
+   docs/results/latency/{model}_s{seed}.json.
 
 The fine-tune budget is the benchmark's (bench/results.yaml: finetune_steps=50,
 final_finetune_epochs=0.5). Finished cells are kept (rerun to resume; run folders under

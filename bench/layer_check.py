@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from benchargs import parse, parser  # bench/, beside this script
+from benchargs import base_model, parse, parser  # bench/, beside this script
+from latency_tables import latency_run
 from rlprune.baselines import prune_to_target
 from rlprune.checkpoint import load_model
 from rlprune.machine import cpu_summary, malloc_mode
@@ -33,16 +34,13 @@ def main() -> None:
     p.add_argument("--arm", default="macs_aware", choices=["macs_aware", "latency_aware"])
     args = parse(p)
     torch.set_num_threads(1)
-    base, spec, _ = load_model(ROOT / "docs/results/base" / f"{args.model}.pt")
-    assert spec is not None
-    ex = spec.example_input()
-    set_layout(base, True).eval()
+    base, ex = base_model(args.model)
     lut = profile_latency(base, ex, (64,), threads=1, clock="cpu")
     table, full = lut.tables[64], lut.units
     row = json.loads(
         (ROOT / "docs/results/latency" / f"{args.model}_s{args.seed}.json").read_text()
     )
-    kind = "macs" if args.arm == "macs_aware" else ("latency2" if row.get("attempts", 1) > 1 else "latency")  # fmt: skip
+    kind = "macs" if args.arm == "macs_aware" else latency_run(row)
     path = ROOT / "runs/latency_aware" / args.model / f"{kind}_s{args.seed}" / "model.pt"
     searched = set_layout(load_model(path)[0], True).eval()
     counts = {u: int(k) for u, k in row[args.arm]["kept"].items()}
