@@ -19,6 +19,18 @@ def latency_run(row: dict[str, Any]) -> str:
     return row.get("latency_run") or ("latency" if row.get("attempts", 1) == 1 else "latency2")
 
 
+def _protocols(rows: list[dict[str, Any]]) -> str:
+    """How many searches and check rounds the cells allowed (cells before these were recorded:
+    2 and 4), per model where they differ."""
+    by: dict[tuple[int, int], list[str]] = {}
+    for r in rows:
+        key = (r.get("max_attempts", 2), r.get("check_rounds", 4))
+        by.setdefault(key, []).append(f"{r['model']} s{r['seed']}")
+    parts = [f"up to {a} searches, {c} check rounds" + (f" ({', '.join(who)})" if len(by) > 1 else "")
+             for (a, c), who in sorted(by.items())]  # fmt: skip
+    return "; ".join(parts) or "up to 2 searches, 4 check rounds"
+
+
 def _fmt_row(r: dict[str, Any], key: str, base: dict[str, Any]) -> str:
     m = r[key]
     errs = [m[f"b{b}_predicted_ms"] / m[f"b{b}_measured_ms"] - 1 for b in BATCHES]
@@ -47,9 +59,7 @@ def write_page(cells: Path, root: Path) -> str:
              "batch 64) with `--target-latency` at the MACs-aware model's predicted latency",
              "ratio; when the two models' batch-64 latencies, timed in alternation, differ by",
              "more than 3%, another latency-aware search at the target corrected by that miss,",
-             f"up to {rows[0].get('max_attempts', 2) if rows else 2} searches "
-             f"(the check: {rows[0].get('check_rounds', 4) if rows else 4} alternating rounds;"
-             " `attempts` counts the searches made).",
+             f"{_protocols(rows)}; `attempts` counts the searches made.",
              "Both get the benchmark's fine-tune budget (`finetune_steps=50`,",
              "`final_finetune_epochs=0.5`). The latencies below were measured at the end, the",
              "baseline and both pruned models "
