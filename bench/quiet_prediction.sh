@@ -10,6 +10,7 @@
 # lut_{model}_{malloc}.json (to price searches run elsewhere), machine.txt, logs.
 # With .searched/ (see below), also the models the latency searches pruned, under steady malloc.
 #   WHEELS=.whl CORE=3 ROUNDS=3 PY=python3 bash bench/quiet_prediction.sh   # ~2 min a run on the VM
+#   MODES= WHEELS=.whl bash bench/quiet_prediction.sh   # the searched models only
 set -u
 export LC_ALL=C
 cd "$(dirname "$0")/.." || exit 1
@@ -20,8 +21,9 @@ rm -rf "$S" && mkdir -p "$S" "$OUT"
 machine_facts "$S/machine.txt"
 echo "core $CORE, rounds $ROUNDS" | tee -a "$S/machine.txt"
 pack() { tar czf "$S.tgz" -C "$S" . && mv "$S.tgz" "$OUT/quiet_prediction.tgz"; }
+MODES=${MODES-system steady}  # MODES= : only the searched models (a second call's share)
 for m in resnet20 vgg-small; do
-    for mode in system steady; do
+    for mode in $MODES; do
         flag=() && [ "$mode" = steady ] && flag=(--steady-malloc)
         taskset -c "$CORE" "$PY" bench/latency_clock.py --model "$m" --rounds "$ROUNDS" \
             ${flag[@]+"${flag[@]}"} --json "$S/clock_${m}_${mode}.json" \
