@@ -14,19 +14,15 @@ import copy
 import functools
 import statistics
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 
-from benchargs import parse, parser  # bench/, beside this script
-from rlprune.checkpoint import load_model
+from benchargs import base_model, parse, parser  # bench/, beside this script
 from rlprune.machine import cpu_summary, malloc_mode
 from rlprune.models import set_layout
 from rlprune.pruning.calls import in_model_ms, layer_calls
 from rlprune.pruning.metrics import time_calls
 from rlprune.pruning.profile import _layer, measure_runtime, uniform_cut
-
-BASE = Path(__file__).resolve().parents[1] / "docs" / "results" / "base"
 
 
 @torch.inference_mode()
@@ -43,9 +39,7 @@ def main() -> None:
     p = parser(__doc__, "resnet20")
     args = parse(p)
     torch.set_num_threads(1)
-    base, spec, _ = load_model(BASE / f"{args.model}.pt")
-    assert spec is not None
-    ex = spec.example_input()
+    base, ex = base_model(args.model)
     print(f"{args.model}, {cpu_summary()}, {malloc_mode()} malloc, batch 64, 1 thread, cpu clock; "
           "ms in the model / alone")  # fmt: skip
     for frac in (1.0, 0.75, 0.5, 0.25):

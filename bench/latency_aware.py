@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchargs import parse, parser  # bench/, beside this script
+from benchargs import BASE, base_model, parse, parser  # bench/, beside this script
 from latency_tables import BATCHES, latency_run, write_page  # bench/, beside this script
 from rlprune.baselines import prune_to_target
 from rlprune.checkpoint import load_model
@@ -62,7 +62,6 @@ from rlprune.pruning.profile import cpu_info, measure_runtime, profile_latency
 from rlprune.search import prune
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = ROOT / "docs" / "results" / "base"
 CELLS = ROOT / "docs" / "results" / "latency"
 RUNS = ROOT / "runs" / "latency_aware"
 WALK_CELLS, WALK_RUNS = CELLS, RUNS  # the layer-wise cells, which ``match`` takes targets from
@@ -123,10 +122,7 @@ def run(args: argparse.Namespace) -> None:
     if cell.exists():
         print(f"{cell} exists: skipped")
         return
-    base, spec, _ = load_model(BASE / f"{name}.pt")
-    assert spec is not None
-    example = spec.example_input()
-    set_layout(base, True).eval()
+    base, example = base_model(name)
     lut_path = _lut(base, example, name, t, args.clock, args.lut)
     lut = LatencyLUT.load(lut_path)
     full = dict(lut.units)
@@ -229,11 +225,9 @@ def remeasure(args: argparse.Namespace) -> None:
     """Time a finished cell's three models again, side by side: one more of its timings."""
     cell = CELLS / f"{args.model}_s{args.seed}.json"
     row = json.loads(cell.read_text())
-    base, spec, _ = load_model(BASE / f"{args.model}.pt")
-    assert spec is not None
+    base, example = base_model(args.model)
     lut = LatencyLUT.load(CELLS / f"{args.model}_lut.json")
-    _side_by_side(row, base, ("macs", latency_run(row)), lut, spec.example_input(), args,
-                  args.final_rounds)  # fmt: skip
+    _side_by_side(row, base, ("macs", latency_run(row)), lut, example, args, args.final_rounds)
     cell.write_text(json.dumps(row, indent=1))
     print(f"{cell}: timed again side by side ({len(row['timings'])} timings)")
 
@@ -250,12 +244,10 @@ def match(args: argparse.Namespace) -> None:
         return
     walk = json.loads((WALK_CELLS / f"{name}_s{seed}.json").read_text())
     kind = latency_run(walk)
-    base, spec, _ = load_model(BASE / f"{name}.pt")
-    assert spec is not None
-    example = spec.example_input()
+    base, example = base_model(name)
     # the walk's target is a ratio in the walk's table: price with that table unless told
     given = args.lut or str(WALK_CELLS / f"{name}_lut.json")
-    lut_path = _lut(set_layout(base, True).eval(), example, name, t, args.clock, given)
+    lut_path = _lut(base, example, name, t, args.clock, given)
     lut = LatencyLUT.load(lut_path)
     reward = RewardConfig(mode="budget", efficiency="latency", target_latency=walk["target_latency"],
                           latency_table=str(lut_path), latency_batch=64)  # fmt: skip
@@ -288,10 +280,7 @@ def rounding(args: argparse.Namespace) -> None:
     """Measured latency of the MACs-aware cell's kept counts, raw and rounded (L1 surgery)."""
     name, t = args.model, args.threads
     cells = sorted(CELLS.glob(f"{name}_s*.json"))
-    base, spec, _ = load_model(BASE / f"{name}.pt")
-    assert spec is not None
-    example = spec.example_input()
-    set_layout(base, True).eval()
+    base, example = base_model(name)
     if cells:
         counts = json.loads(cells[0].read_text())["macs_aware"]["kept"]
     else:  # no cell yet: 45% of every unit

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchargs import parse, parser  # bench/, beside this script
+from benchargs import base_model, parse, parser  # bench/, beside this script
 from latency_tables import latency_run
 from rlprune.baselines import prune_to_target
 from rlprune.checkpoint import load_model
@@ -47,7 +47,6 @@ from rlprune.pruning.latency import LatencyModel, uniform_counts
 from rlprune.pruning.profile import cpu_info, measure_runtime, profile_latency
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = ROOT / "docs" / "results" / "base"
 BATCHES = (64, 1)
 STRUCTURES = (
     ("baseline", 1.0),
@@ -133,10 +132,7 @@ def _spread(xs: list[float]) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
-    base, spec, _ = load_model(BASE / f"{args.model}.pt")
-    assert spec is not None
-    example = spec.example_input()
-    set_layout(base, True).eval()
+    base, example = base_model(args.model)
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     lut = profile_latency(
