@@ -1,10 +1,12 @@
 """Batch 1: does the latency table see channel alignment? (docs/LATENCY.md)
 
 One model (checkpoint in docs/results/base/, NHWC, 1 thread, CPU clock): a table is profiled
-(its probe widths are multiples of 8), then these structures are cut with L1 filters and timed
-at batch 1 in interleaved rounds, beside the table's prediction:
+(output widths probed at multiples of 8 and one above, input widths at aligned fractions), then
+these structures are cut with L1 filters and timed at batch 1 in interleaved rounds, beside the
+table's prediction:
 
-- the walk cell's seed-0 MACs-aware counts (docs/results/latency/), raw and rounded to 8 and 16;
+- the walk cell's seed-0 MACs-aware counts (docs/results/latency/), raw and rounded to 8 and 16
+  (``round_count``, the rule of ``round_to``);
 - every unit at 0.75 of its width (multiples of 8), and the same minus 1, 3 and 5 channels.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/align_probe.py --model vgg-small --steady-malloc
@@ -25,6 +27,7 @@ from rlprune.machine import cpu_summary, malloc_mode
 from rlprune.models import set_layout
 from rlprune.pruning.latency import uniform_counts
 from rlprune.pruning.profile import measure_runtime, profile_latency
+from rlprune.pruning.units import round_count
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,8 +44,7 @@ def main() -> None:
     raw = {u: int(k) for u, k in cell["macs_aware"]["kept"].items()}
     structs = {"raw": raw}
     for m in (8, 16):
-        structs[f"round{m}"] = {u: k if k >= full[u] else max(m, round(k / m) * m)
-                                for u, k in raw.items()}  # fmt: skip
+        structs[f"round{m}"] = {u: round_count(k, full[u], m) for u, k in raw.items()}
     aligned = uniform_counts(full, 0.75)
     for d in (0, 1, 3, 5):
         structs[f"0.75 - {d}"] = {u: k - d for u, k in aligned.items()}
