@@ -69,6 +69,9 @@ def test_work_in_another_thread_is_flagged(caplog: pytest.LogCaptureFixture) -> 
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="rlprune.pruning.metrics"):
         time_calls(lambda: _spin(0.005), runs=2, warmup=0, clock="cpu")
+        # calls of next to nothing: the loop's bookkeeping is the caller's work, not another
+        # thread's (it once outweighed the timed calls and raised this warning)
+        time_calls(lambda: None, runs=20_000, warmup=0, clock="cpu")
     assert caplog.text == ""
 
 

@@ -10,7 +10,10 @@
    (BN, ReLU, pooling, a depthwise conv) over their one width.
 3. The whole model is timed in the deployed runtime (eager torch, the ``torch.export``
    program, or ONNX Runtime) at full width and with every unit cut to a few uniform fractions;
-   ``offset + scale * sum(per-layer)`` is fitted to those measurements (least squares).
+   ``offset + scale * sum(per-layer)`` is fitted to those measurements (least squares). The
+   cut models are timed in rounds (every cut in turn) spread over the grid's timings, so a
+   slow stretch of a shared machine falls on every cut alike, and the fit sees the machine's
+   usual speed rather than one moment's.
    With ``layers="in-model"`` (eager torch only) every layer call is also timed inside each
    cut model, and its difference from the layer's grid is added to the layer's term
    (:func:`~rlprune.pruning.calls.with_extras`) before the fit.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import math
 import os
 import statistics
 import tempfile
@@ -64,6 +68,11 @@ PROBES = (0.125, 0.25, 0.5, 0.75, 1.0)  # keep fractions of each probed width
 CALIBRATION = (1.0, 0.75, 0.5, 0.25)  # uniform keep fractions of the whole-model fit
 # with in-model extras, the cuts also give each layer's extra curve its points: one per 1/8
 CALIBRATION_IN_MODEL = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
+# A timing shorter than this many ms is extended: at batch 1 ten calls of a small layer last
+# well under a millisecond, and one slow stretch of a shared machine then moves the median.
+PROBE_MS = 5.0
+CALIBRATION_MS = 50.0
+CALIBRATION_ROUNDS = 5  # interleaved rounds over the calibration cuts (median per cut)
 _CHANNELWISE = (nn.BatchNorm2d, nn.BatchNorm1d)
 
 
@@ -113,9 +122,16 @@ def _channelwise(mod: nn.Module) -> bool:
     return not isinstance(mod, nn.Linear)
 
 
-def _time(fn: Callable[[], Any], runs: int, warmup: int, clock: Clock = "wall") -> float:
-    """Median milliseconds of ``fn()`` on ``clock`` over ``runs`` calls after ``warmup``."""
-    return statistics.median(time_calls(fn, runs, warmup, clock))
+def _time(
+    fn: Callable[[], Any], runs: int, warmup: int, clock: Clock = "wall", min_ms: float = 0.0
+) -> float:
+    """Median milliseconds of ``fn()`` on ``clock`` over ``runs`` calls after ``warmup``, and
+    more calls until the timed calls add up to ``min_ms``."""
+    times = time_calls(fn, runs, warmup, clock)
+    if sum(times) < min_ms:
+        more = math.ceil((min_ms - sum(times)) / max(min(times), 1e-3))
+        times += time_calls(fn, min(more, 100 * runs), 0, clock)
+    return statistics.median(times)
 
 
 def _grid(full: int, slopes: dict[str, float], probes: Sequence[float]) -> tuple[int, ...]:
@@ -126,14 +142,17 @@ def _grid(full: int, slopes: dict[str, float], probes: Sequence[float]) -> tuple
 
 
 def _step_grid(full: int, slopes: dict[str, float], step: int) -> tuple[int, ...]:
-    """Output widths: every multiple of ``step`` and the width one above it. CPU kernels
-    compute output channels in vector blocks (16 fp32 lanes with AVX-512), so their time is a
-    staircase in the output width; linear interpolation between ``step * j + 1`` and
-    ``step * (j + 1)`` is flat and between ``step * j`` and ``step * j + 1`` it steps."""
+    """Output widths: every multiple of ``step`` and the widths one below and one above it.
+    CPU kernels compute output channels in vector blocks (16 fp32 lanes with AVX-512), so their
+    time is a staircase in the output width, and some widths off a block edge take a slower
+    kernel altogether (at batch 1 on an AVX-512 EPYC, a 3x3 conv ran 61% slower with 47 outputs
+    than with 48, and not slower with 95 than with 96: docs/LATENCY.md). Interpolation thus
+    runs between ``step * j + 1`` and ``step * (j + 1) - 1``, both off the edge, and steps on
+    either side of each multiple."""
     if not slopes:
         return (full,)
-    pts = {1, full} | {w for j in range(1, full // step + 1) for w in (step * j, step * j + 1)}
-    return tuple(sorted(w for w in pts if w <= full))
+    near = {step * j + d for j in range(1, full // step + 1) for d in (-1, 0, 1)}
+    return tuple(sorted(w for w in {1, full} | near if 1 <= w <= full))
 
 
 @torch.inference_mode()
@@ -159,7 +178,8 @@ def _term(name: str, mod: nn.Module, call: LayerCall,
             x = torch.randn(batch, a, *shape_in[2:])
             if nhwc and x.dim() == 4:
                 x, layer = x.contiguous(memory_format=torch.channels_last), set_layout(layer, True)
-            row.append(_time(functools.partial(layer.eval(), x), runs, max(2, runs // 4), clock))
+            fn = functools.partial(layer.eval(), x)
+            row.append(_time(fn, runs, max(2, runs // 4), clock, PROBE_MS))
         rows.append(tuple(row))
     return LayerTerm(name, a0, b0, a_sl, b_sl, a_grid, b_grid, tuple(rows))
 
@@ -196,26 +216,49 @@ def measure_runtime(model: nn.Module, example: torch.Tensor, batch: int, threads
     check_clock(clock, threads, _on_cuda(model, example))
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
-    x = (
-        example[:1]
-        .expand(batch, *example.shape[1:])
-        .contiguous(
-            memory_format=torch.channels_last
-            if is_channels_last(model)
-            else torch.contiguous_format
-        )
-    )
     try:
-        fn = _runner(model.eval(), example, x, threads, runtime)
+        fn = _runner(model.eval(), example, batch, threads, runtime)
         with torch.inference_mode():
             return _time(fn, runs, max(3, runs // 4), clock)
     finally:
         torch.set_num_threads(old)
 
 
+class _Calibration:
+    """Whole-model timings of the calibration cuts, taken in rounds: each round times every cut
+    in turn (each a median of at least ``runs`` calls and :data:`CALIBRATION_MS`), and
+    :meth:`medians` is each cut's median over the rounds. The fit's slope comes from the
+    differences between cuts, which a slow stretch timed on one cut only would bend; rounds
+    spread over the profile make its level the machine's usual one rather than one moment's
+    (at batch 1 on this project's VM, a full model read 1.45 ms in one 2-second window and
+    1.17 ms over the next minute).
+
+    Call :meth:`round` with the measurement's thread count set."""
+
+    def __init__(self, cuts: dict[float, nn.Module], example: torch.Tensor, batch: int,
+                 threads: int, runtime: Runtime, runs: int, clock: Clock) -> None:  # fmt: skip
+        self.fns = {f: _runner(c.eval(), example, batch, threads, runtime) for f, c in cuts.items()}
+        self.runs, self.clock = runs, clock
+        self.times: dict[float, list[float]] = {f: [] for f in self.fns}
+        self.rounds = 0
+
+    @torch.inference_mode()
+    def round(self) -> None:
+        for f, fn in self.fns.items():
+            warmup = max(3, self.runs // 4)
+            self.times[f].append(_time(fn, self.runs, warmup, self.clock, CALIBRATION_MS))
+        self.rounds += 1
+
+    def medians(self) -> dict[float, float]:
+        return {f: statistics.median(ts) for f, ts in self.times.items()}
+
+
 def _runner(
-    model: nn.Module, example: torch.Tensor, x: torch.Tensor, threads: int, runtime: Runtime
+    model: nn.Module, example: torch.Tensor, batch: int, threads: int, runtime: Runtime
 ) -> Callable[[], Any]:
+    """One forward of ``model`` at ``batch`` in ``runtime`` (input in the model's layout)."""
+    layout = torch.channels_last if is_channels_last(model) else torch.contiguous_format
+    x = example[:1].expand(batch, *example.shape[1:]).contiguous(memory_format=layout)
     if runtime == "torch":
         return lambda: model(x)
     if runtime == "export":
@@ -263,20 +306,23 @@ def _table(model: nn.Module, units: list[Unit], example: torch.Tensor, batch: in
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for call, sl in zip(calls, slopes, strict=True):
+        cal = _Calibration(cuts, example, batch, threads, runtime, runs, clock)
+        every = max(1, math.ceil(len(calls) / (CALIBRATION_ROUNDS - 1)))
+        for i, (call, sl) in enumerate(zip(calls, slopes, strict=True)):
+            if i % every == 0:  # calibration rounds spread over the grid's timings
+                cal.round()
             mod = mods[call.module]
             term = _term(call.label, mod, call, sl, batch, nhwc, probes, step, runs, clock)
             if term is None:
                 log.warning("%s: cannot be rebuilt at other widths; left to the fit", call.module)
             else:
                 terms.append(term)
+        while cal.rounds < CALIBRATION_ROUNDS:
+            cal.round()
     finally:
         torch.set_num_threads(old)
     full = {u.name: u.channels for u in units}
-    measured = {
-        f: measure_runtime(c, example, batch, threads, runtime, runs, clock)
-        for f, c in cuts.items()
-    }
+    measured = cal.medians()
     if layers == "in-model":
         terms = with_extras(terms, cuts, example, batch, threads, runs, clock, full)
     return LatencyTable.fitted(batch, tuple(terms), measured, full)
