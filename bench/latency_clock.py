@@ -136,8 +136,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     lut = profile_latency(
-        base, example, BATCHES, threads=1, runs=args.profile_runs, clock="cpu", layers="in-model"
-    )
+        base, example, BATCHES, threads=1, runs=args.profile_runs, step=args.step, clock="cpu",
+        layers="in-model",
+    )  # fmt: skip
     profile_s = time.perf_counter() - t0
     if args.lut_out:
         lut.save(args.lut_out)  # a table from this machine, to price searches made elsewhere
@@ -176,7 +177,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model, "cpu": cpu_info(), "torch": torch.__version__, "threads": 1,
         "malloc": malloc_mode(),
         "rounds": args.rounds, "runs_b64": args.runs, "runs_b1": 5 * args.runs,
-        "profile_runs": args.profile_runs, "profile_s": profile_s, "measure_s": measure_s,
+        "profile_runs": args.profile_runs, "step": args.step, "profile_s": profile_s, "measure_s": measure_s,
         "loadavg_start": load0, "loadavg_end": os.getloadavg(),
         "calibration": {b: t.calibration for b, t in lut.tables.items()}, "rows": rows,
     }  # fmt: skip
@@ -211,6 +212,13 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds")
     p.add_argument("--runs", type=int, default=20, help="timed passes per b64 measurement (b1: 5x)")
     p.add_argument("--profile-runs", type=int, default=10, help="timed calls per probe")
+    p.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="output widths probed at multiples of this and one either side (1: all; "
+        "default: profile_latency's, every width at batch 1 and multiples of 8 above)",
+    )
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--lut-out", default=None, help="also save the profiled table here")
     p.add_argument("--sweep", action="store_true",

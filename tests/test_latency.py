@@ -115,13 +115,15 @@ def test_file_round_trip_and_refusals(tmp_path: Path) -> None:
         LatencyLUT.load(tmp_path / "bad.json")
 
 
+_UNIT = {"u": 1.0}  # a layer whose output follows unit u
+
+
 def test_output_widths_are_probed_on_both_sides_of_each_block() -> None:
-    u = {"u": 1.0}  # the layer's output follows unit u
-    assert _step_grid(20, u, 8) == (1, 7, 8, 9, 15, 16, 17, 20)
-    assert _step_grid(16, u, 8) == (1, 7, 8, 9, 15, 16)
-    assert _step_grid(3, u, 8) == (1, 3)  # narrower than a block: its ends
-    assert _step_grid(3, u, 2) == (1, 2, 3)
-    assert _step_grid(4, u, 1) == (1, 2, 3, 4)  # never a width of 0
+    assert _step_grid(20, _UNIT, 8) == (1, 7, 8, 9, 15, 16, 17, 20)
+    assert _step_grid(16, _UNIT, 8) == (1, 7, 8, 9, 15, 16)
+    assert _step_grid(3, _UNIT, 8) == (1, 3)  # narrower than a block: its ends
+    assert _step_grid(3, _UNIT, 2) == (1, 2, 3)
+    assert _step_grid(4, _UNIT, 1) == (1, 2, 3, 4)  # never a width of 0
     assert _step_grid(64, {}, 8) == (64,)  # no unit reaches it: its one width
 
 
@@ -151,12 +153,26 @@ def test_calibration_cuts_are_timed_in_interleaved_rounds() -> None:
     assert log.count("a") >= 3 * (4 + 3)  # at least runs timed calls and 3 warm-up per round
 
 
+def test_batch_1_probes_every_output_width_and_larger_batches_the_block_grid() -> None:
+    torch.manual_seed(0)
+    model = build_model("vgg-small", 1, 10, 8, width=0.25).eval()
+    x = torch.randn(1, 1, 8, 8)
+    lut = profile_latency(model, x, batches=(1, 2), threads=1, probes=(0.5,), runs=1,
+                          calibration=(0.5,))  # fmt: skip
+    units = {u.name for u in find_units(model, x)}
+    for b, grid in ((1, lambda c: tuple(range(1, c + 1))), (2, lambda c: _step_grid(c, _UNIT, 8))):
+        convs = [t for t in lut.tables[b].terms if t.name in units]
+        assert convs and all(t.b_grid == grid(t.b0) for t in convs)
+    with pytest.raises(ConfigError, match="step must be a positive"):
+        profile_latency(model, x, batches=(1,), step=0)
+
+
 def test_profile_finds_the_neighbours_of_every_layer() -> None:
     torch.manual_seed(0)
     model = build_model("vgg-small", 1, 10, 8, width=0.25).eval()
     x = torch.randn(1, 1, 8, 8)
     lut = profile_latency(
-        model, x, batches=(1,), threads=1, probes=(0.5,), runs=1, calibration=(0.5,)
+        model, x, batches=(1,), threads=1, probes=(0.5,), step=8, runs=1, calibration=(0.5,)
     )
     units = [u.name for u in find_units(model, x)]
     assert lut.units == {u.name: u.channels for u in find_units(model, x)}
@@ -235,15 +251,16 @@ def test_cli_profile_then_a_mismatched_table_is_one_line_error(tmp_path: Path, c
         spec = ModelSpec("vgg-small", 1, 10, (8, 8), width=width)
         save_checkpoint(tmp_path / f"w{width}.pt", spec.build(), spec)
     lut = tmp_path / "lut.json"
-    argv = ["profile", "--checkpoint", str(tmp_path / "w0.25.pt"), "--batch-size", "1",
+    # batch 2: batch 1 would probe every output width, for nothing this test checks
+    argv = ["profile", "--checkpoint", str(tmp_path / "w0.25.pt"), "--batch-size", "2",
             "--threads", "1", "--out", str(lut)]  # fmt: skip
     assert main(argv) == 0
-    assert "batch 1:" in capsys.readouterr().out
+    assert "batch 2:" in capsys.readouterr().out
     data = json.loads(lut.read_text())
-    assert data["threads"] == 1 and data["runtime"] == "torch" and list(data["tables"]) == ["1"]
+    assert data["threads"] == 1 and data["runtime"] == "torch" and list(data["tables"]) == ["2"]
     argv = ["prune", "--checkpoint", str(tmp_path / "w0.5.pt"), "--dataset", "digits",
             "--out", str(tmp_path / "run"), "--target-latency", "0.5", "--latency-table",
-            str(lut), "--set", "reward.latency_batch=1", "--quiet"]  # fmt: skip
+            str(lut), "--set", "reward.latency_batch=2", "--quiet"]  # fmt: skip
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()  # log lines, then the error
     assert err[-1].startswith("rlprune: error: latency table")

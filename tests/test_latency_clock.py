@@ -146,7 +146,7 @@ def test_cli_profile_clock(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     capsys.readouterr()
     spec = ModelSpec("vgg-small", 1, 10, (8, 8), width=0.25)
     save_checkpoint(tmp_path / "m.pt", spec.build(), spec)
-    argv = ["profile", "--checkpoint", str(tmp_path / "m.pt"), "--batch-size", "1",
+    argv = ["profile", "--checkpoint", str(tmp_path / "m.pt"), "--batch-size", "2",
             "--out", str(tmp_path / "lut.json"), "--clock", "cpu"]  # fmt: skip
     assert main([*argv, "--threads", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -180,12 +180,12 @@ def test_cli_profile_layers_in_model(tmp_path: Path, capsys: pytest.CaptureFixtu
     spec = ModelSpec("vgg-small", 1, 10, (8, 8), width=0.25)
     save_checkpoint(tmp_path / "m.pt", spec.build(), spec)
     out = tmp_path / "lut.json"
-    argv = ["profile", "--checkpoint", str(tmp_path / "m.pt"), "--out", str(out), "--batch-size", "1",
+    argv = ["profile", "--checkpoint", str(tmp_path / "m.pt"), "--out", str(out), "--batch-size", "2",
             "--threads", "1", "--layers", "in-model"]  # fmt: skip
     assert main(argv) == 0
     lut = LatencyLUT.load(out)
-    assert lut.layers == "in-model" and all(t.extra for t in lut.tables[1].terms)
-    assert [c[0] for c in lut.tables[1].calibration] == list(CALIBRATION_IN_MODEL)
+    assert lut.layers == "in-model" and all(t.extra for t in lut.tables[2].terms)
+    assert [c[0] for c in lut.tables[2].calibration] == list(CALIBRATION_IN_MODEL)
     assert "layers in-model" in capsys.readouterr().out
     assert main([*argv, "--runtime", "onnxruntime"]) == 2
     err = capsys.readouterr().err.strip()

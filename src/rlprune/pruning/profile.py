@@ -60,11 +60,25 @@ from rlprune.pruning.surgery import remove_channels
 from rlprune.pruning.units import Unit
 from rlprune.pruning.verify import find_units
 
-__all__ = ["PROBES", "cpu_info", "measure_runtime", "profile_latency", "uniform_cut"]
+__all__ = [
+    "PROBES",
+    "STEP",
+    "STEP_BATCH1",
+    "cpu_info",
+    "measure_runtime",
+    "profile_latency",
+    "uniform_cut",
+]
 
 log = logging.getLogger(__name__)
 
 PROBES = (0.125, 0.25, 0.5, 0.75, 1.0)  # keep fractions of each probed width
+# Output-width step of the grid at batch 1 and above it. At batch 1 the channels left over
+# from a block of 8 cost by their binary digits (4, 2, 1: 44 outputs as fast as 42, slower
+# than 40, faster than 43, on an AVX-512 EPYC), which no interpolation between 8j + 1 and
+# 8j + 7 follows, so every width is probed; there a layer call takes microseconds. Measured
+# at batch 1 and 64 only (docs/LATENCY.md).
+STEP_BATCH1, STEP = 1, 8
 CALIBRATION = (1.0, 0.75, 0.5, 0.25)  # uniform keep fractions of the whole-model fit
 # with in-model extras, the cuts also give each layer's extra curve its points: one per 1/8
 CALIBRATION_IN_MODEL = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
@@ -330,7 +344,7 @@ def _table(model: nn.Module, units: list[Unit], example: torch.Tensor, batch: in
 
 def profile_latency(model: nn.Module, example: torch.Tensor, batches: Sequence[int] = (1, 64),
                     threads: int | None = None, runtime: Runtime = "torch",
-                    probes: Sequence[float] = PROBES, step: int = 8, runs: int = 10,
+                    probes: Sequence[float] = PROBES, step: int | None = None, runs: int = 10,
                     calibration: Sequence[float] | None = None,
                     clock: Clock = "wall", layers: LayerTiming = "alone") -> LatencyLUT:  # fmt: skip
     """Measure the latency table of ``model`` (any layout; its own is kept) on this machine.
@@ -343,7 +357,8 @@ def profile_latency(model: nn.Module, example: torch.Tensor, batches: Sequence[i
         runtime: where whole models are timed: ``torch`` (eager), ``export`` (``torch.export``
             program) or ``onnxruntime``.
         probes: keep fractions of the probed input widths (1.0 is always added).
-        step: output widths are probed at every multiple of ``step`` and one above it.
+        step: output widths are probed at every multiple of ``step`` and one either side;
+            default :data:`STEP_BATCH1` (every width) at batch 1, :data:`STEP` above.
         runs: timed calls per grid point and per whole-model measurement (median).
         calibration: uniform keep fractions of the whole-model fit (1.0 is always added);
             default :data:`CALIBRATION`, or :data:`CALIBRATION_IN_MODEL` with in-model extras.
@@ -358,6 +373,8 @@ def profile_latency(model: nn.Module, example: torch.Tensor, batches: Sequence[i
     """
     n = threads or torch.get_num_threads()
     check_clock(clock, n, _on_cuda(model, example))
+    if step is not None and step < 1:
+        raise ConfigError(f"step must be a positive number of channels, got {step}")
     if layers == "in-model" and runtime != "torch":
         # the extras are eager torch's (fresh blocks, unfused BN and ReLU); a compiled or
         # ONNX Runtime graph fuses and plans memory its own way
@@ -369,7 +386,20 @@ def profile_latency(model: nn.Module, example: torch.Tensor, batches: Sequence[i
     cuts = {f: uniform_cut(model, example, f) for f in sorted({1.0, *calibration}, reverse=True)}
     t0 = time.perf_counter()
     tables = {
-        b: _table(model, units, example, b, n, runtime, probes, step, runs, cuts, clock, layers)
+        b: _table(
+            model,
+            units,
+            example,
+            b,
+            n,
+            runtime,
+            probes,
+            step or (STEP_BATCH1 if b == 1 else STEP),
+            runs,
+            cuts,
+            clock,
+            layers,
+        )  # fmt: skip
         for b in batches
     }
     log.info(
