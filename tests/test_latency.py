@@ -228,8 +228,15 @@ def test_a_table_made_elsewhere_drives_a_search_onto_its_target(tmp_path: Path) 
     assert report["latency"]["cpu"] == "Elsewhere 9000 (amx_tile)"
     assert report["latency"]["malloc"] == "system"  # _toy_lut records none: glibc's default
     assert report["latency"]["measured_malloc"] in ("system", "steady")
+    ratio = row["ratio"]  # pruned over baseline: 6 ms over 2 + 8 ms
+    assert ratio["predicted"] == pytest.approx(0.6)
+    assert ratio["measured"] == pytest.approx(
+        row["pruned"]["measured_ms"] / row["baseline"]["measured_ms"]
+    )
+    assert ratio["error"] == pytest.approx(ratio["predicted"] / ratio["measured"] - 1)
     md = (tmp_path / "run" / "report.md").read_text()
     assert "Latency: predicted vs measured" in md and "system malloc; measured here" in md
+    assert f"| 64 | 0.600x | {ratio['measured']:.3f}x |" in md
 
 
 def test_accuracy_mode_rewards_latency_saved_and_round_to_rounds(tmp_path: Path) -> None:
