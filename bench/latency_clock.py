@@ -177,7 +177,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model, "cpu": cpu_info(), "torch": torch.__version__, "threads": 1,
         "malloc": malloc_mode(),
         "rounds": args.rounds, "runs_b64": args.runs, "runs_b1": 5 * args.runs,
-        "profile_runs": args.profile_runs, "step": args.step, "profile_s": profile_s, "measure_s": measure_s,
+        "profile_runs": args.profile_runs, "step": args.step, "profile_s": profile_s,
+        "measure_s": measure_s,
         "loadavg_start": load0, "loadavg_end": os.getloadavg(),
         "calibration": {b: t.calibration for b, t in lut.tables.items()}, "rows": rows,
     }  # fmt: skip

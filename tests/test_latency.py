@@ -3,8 +3,10 @@ for another model, and searches driven by a table (timings themselves are never 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import logging
 import math
 import re
 from pathlib import Path
@@ -25,7 +27,7 @@ from rlprune.pruning.latency import (
     LatencyTable,
     LayerTerm,
 )
-from rlprune.pruning.profile import _Calibration, _step_grid, profile_latency
+from rlprune.pruning.profile import RoundTimer, _step_grid, profile_latency
 from rlprune.pruning.units import round_count
 from tests.test_search_toy import _toy_cfg, _toy_prune
 from tests.toy import ToyNet
@@ -139,10 +141,10 @@ class _Counted(torch.nn.Module):
         return x
 
 
-def test_calibration_cuts_are_timed_in_interleaved_rounds() -> None:
+def test_whole_models_are_timed_in_interleaved_rounds() -> None:
     log: list[str] = []
     cuts = {1.0: _Counted("a", log), 0.5: _Counted("b", log)}
-    cal = _Calibration(cuts, torch.zeros(1, 1, 2, 2), 1, 1, "torch", 4, "wall")
+    cal = RoundTimer(cuts, torch.zeros(1, 1, 2, 2), 1, 1, "torch", 4, "wall")
     for _ in range(3):
         cal.round()
     ms = cal.medians()
@@ -237,6 +239,22 @@ def test_a_table_made_elsewhere_drives_a_search_onto_its_target(tmp_path: Path) 
     md = (tmp_path / "run" / "report.md").read_text()
     assert "Latency: predicted vs measured" in md and "system malloc; measured here" in md
     assert f"| 64 | 0.600x | {ratio['measured']:.3f}x |" in md
+
+
+def test_a_report_measurement_that_cannot_run_is_a_warning_and_no_row(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from rlprune.search.costs import latency_report
+
+    # a CPU-clock table made with 2 threads cannot be measured here (the clock counts one)
+    lut = dataclasses.replace(_toy_lut(), clock="cpu", threads=2)
+    net, x = ToyNet().eval(), torch.randn(1, 4, 4, 4)
+    with caplog.at_level(logging.WARNING, logger="rlprune.search.costs"):
+        rep = latency_report(lut, net, net, {"conv": 4}, x, runs=3)
+    assert rep["rows"] == [] and "latency at batch 64 not measured" in caplog.text
+    ok = latency_report(_toy_lut(), net, copy.deepcopy(net), {"conv": 4}, x, runs=3)
+    (row,) = ok["rows"]
+    assert row["ratio"]["predicted"] == pytest.approx(0.6) and row["baseline"]["measured_ms"] > 0
 
 
 def test_accuracy_mode_rewards_latency_saved_and_round_to_rounds(tmp_path: Path) -> None:

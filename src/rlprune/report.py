@@ -212,12 +212,14 @@ def _latency(rep: dict[str, Any]) -> list[str]:
                 )
             except (KeyError, TypeError, ValueError):
                 continue
-    ratios = [
-        f"| {int(row['batch'])} | {float(r['predicted']):.3f}x | {float(r['measured']):.3f}x | "
-        f"{float(r['error']):+.1%} |"
-        for row in lat["rows"]
-        if isinstance(row, dict) and isinstance(r := row.get("ratio"), dict)
-    ]
+    ratios = []
+    for row in lat["rows"]:
+        ratio: Any = row.get("ratio") if isinstance(row, dict) else None
+        try:
+            p, m, e = (float(ratio[k]) for k in ("predicted", "measured", "error"))
+            ratios.append(f"| {int(row['batch'])} | {p:.3f}x | {m:.3f}x | {e:+.1%} |")
+        except (KeyError, TypeError, ValueError):
+            continue
     if ratios:
         lines += [
             "", "Pruned over baseline, timed in alternating rounds (what `--target-latency` "

@@ -36,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -60,17 +60,11 @@ from rlprune.pruning.surgery import remove_channels
 from rlprune.pruning.units import Unit
 from rlprune.pruning.verify import find_units
 
-__all__ = [
-    "PROBES",
-    "STEP",
-    "STEP_BATCH1",
-    "cpu_info",
-    "measure_runtime",
-    "profile_latency",
-    "uniform_cut",
-]
+__all__ = ["PROBES", "STEP", "STEP_BATCH1", "RoundTimer", "cpu_info", "measure_runtime",
+           "profile_latency", "uniform_cut"]  # fmt: skip
 
 log = logging.getLogger(__name__)
+K = TypeVar("K")
 
 PROBES = (0.125, 0.25, 0.5, 0.75, 1.0)  # keep fractions of each probed width
 # Output-width step of the grid at batch 1 and above it. At batch 1 the channels left over
@@ -82,11 +76,10 @@ STEP_BATCH1, STEP = 1, 8
 CALIBRATION = (1.0, 0.75, 0.5, 0.25)  # uniform keep fractions of the whole-model fit
 # with in-model extras, the cuts also give each layer's extra curve its points: one per 1/8
 CALIBRATION_IN_MODEL = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
-# A timing shorter than this many ms is extended: at batch 1 ten calls of a small layer last
-# well under a millisecond, and one slow stretch of a shared machine then moves the median.
-PROBE_MS = 5.0
-CALIBRATION_MS = 50.0
-CALIBRATION_ROUNDS = 5  # interleaved rounds over the calibration cuts (median per cut)
+# Timings shorter than this many ms get more calls (at most 100 x runs): at batch 1 ten calls
+# of a small layer last well under a millisecond, and one slow stretch then moves the median.
+PROBE_MS, ROUND_MS = 5.0, 50.0  # a grid probe, a whole model in a round
+CALIBRATION_ROUNDS = 5  # rounds over the calibration cuts (median per cut)
 _CHANNELWISE = (nn.BatchNorm2d, nn.BatchNorm1d)
 
 
@@ -140,7 +133,7 @@ def _time(
     fn: Callable[[], Any], runs: int, warmup: int, clock: Clock = "wall", min_ms: float = 0.0
 ) -> float:
     """Median milliseconds of ``fn()`` on ``clock`` over ``runs`` calls after ``warmup``, and
-    more calls until the timed calls add up to ``min_ms``."""
+    more calls (at most ``100 * runs``) until the timed calls add up to ``min_ms``."""
     times = time_calls(fn, runs, warmup, clock)
     if sum(times) < min_ms:
         more = math.ceil((min_ms - sum(times)) / max(min(times), 1e-3))
@@ -238,33 +231,44 @@ def measure_runtime(model: nn.Module, example: torch.Tensor, batch: int, threads
         torch.set_num_threads(old)
 
 
-class _Calibration:
-    """Whole-model timings of the calibration cuts, taken in rounds: each round times every cut
-    in turn (each a median of at least ``runs`` calls and :data:`CALIBRATION_MS`), and
-    :meth:`medians` is each cut's median over the rounds. The fit's slope comes from the
-    differences between cuts, which a slow stretch timed on one cut only would bend; rounds
-    spread over the profile make its level the machine's usual one rather than one moment's
-    (at batch 1 on this project's VM, a full model read 1.45 ms in one 2-second window and
-    1.17 ms over the next minute).
+class RoundTimer(Generic[K]):
+    """Whole-model timings in rounds: each :meth:`round` times every model in turn (a median of
+    ``runs`` calls, extended towards :data:`ROUND_MS`, at most ``100 * runs`` calls), and
+    :meth:`medians` is each model's median over its rounds. Differences between the models
+    then come from the same moments: a slow stretch of a shared machine timed on one model
+    only would bend a fit through them, or a ratio of them. Spread over a profile, the rounds
+    also make the level the machine's usual one rather than one moment's (at batch 1 on this
+    project's VM a full model read 1.45 ms in one 2-second window and 1.17 ms over the next
+    minute, docs/LATENCY.md).
 
-    Call :meth:`round` with the measurement's thread count set."""
+    Raises:
+        ConfigError: a clock that cannot time this (one line); PruningError: ONNX export failed.
+    """
 
-    def __init__(self, cuts: dict[float, nn.Module], example: torch.Tensor, batch: int,
+    def __init__(self, models: dict[K, nn.Module], example: torch.Tensor, batch: int,
                  threads: int, runtime: Runtime, runs: int, clock: Clock) -> None:  # fmt: skip
-        self.fns = {f: _runner(c.eval(), example, batch, threads, runtime) for f, c in cuts.items()}
-        self.runs, self.clock = runs, clock
-        self.times: dict[float, list[float]] = {f: [] for f in self.fns}
+        check_clock(clock, threads, any(_on_cuda(m, example) for m in models.values()))
+        self.fns = {
+            k: _runner(m.eval(), example, batch, threads, runtime) for k, m in models.items()
+        }
+        self.threads, self.runs, self.clock = threads, runs, clock
+        self.times: dict[K, list[float]] = {k: [] for k in self.fns}
         self.rounds = 0
 
     @torch.inference_mode()
     def round(self) -> None:
-        for f, fn in self.fns.items():
-            warmup = max(3, self.runs // 4)
-            self.times[f].append(_time(fn, self.runs, warmup, self.clock, CALIBRATION_MS))
+        old = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            for k, fn in self.fns.items():
+                warmup = max(3, self.runs // 4)
+                self.times[k].append(_time(fn, self.runs, warmup, self.clock, ROUND_MS))
+        finally:
+            torch.set_num_threads(old)
         self.rounds += 1
 
-    def medians(self) -> dict[float, float]:
-        return {f: statistics.median(ts) for f, ts in self.times.items()}
+    def medians(self) -> dict[K, float]:
+        return {k: statistics.median(ts) for k, ts in self.times.items()}
 
 
 def _runner(
@@ -310,8 +314,9 @@ def cpu_info() -> str:
 
 
 def _table(model: nn.Module, units: list[Unit], example: torch.Tensor, batch: int, threads: int,
-           runtime: Runtime, probes: Sequence[float], step: int, runs: int,
+           runtime: Runtime, probes: Sequence[float], step: int | None, runs: int,
            cuts: dict[float, nn.Module], clock: Clock, layers: LayerTiming) -> LatencyTable:  # fmt: skip
+    step = step or (STEP_BATCH1 if batch == 1 else STEP)
     calls = layer_calls(model, example)
     slopes = _slopes(model, units, example, calls)
     mods = dict(model.named_modules())
@@ -320,10 +325,11 @@ def _table(model: nn.Module, units: list[Unit], example: torch.Tensor, batch: in
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        cal = _Calibration(cuts, example, batch, threads, runtime, runs, clock)
-        every = max(1, math.ceil(len(calls) / (CALIBRATION_ROUNDS - 1)))
+        cal = RoundTimer(cuts, example, batch, threads, runtime, runs, clock)
+        # calibration rounds spread evenly over the grid's timings, the last one after them
+        marks = {k * len(calls) // (CALIBRATION_ROUNDS - 1) for k in range(CALIBRATION_ROUNDS - 1)}
         for i, (call, sl) in enumerate(zip(calls, slopes, strict=True)):
-            if i % every == 0:  # calibration rounds spread over the grid's timings
+            if i in marks:
                 cal.round()
             mod = mods[call.module]
             term = _term(call.label, mod, call, sl, batch, nhwc, probes, step, runs, clock)
@@ -386,20 +392,7 @@ def profile_latency(model: nn.Module, example: torch.Tensor, batches: Sequence[i
     cuts = {f: uniform_cut(model, example, f) for f in sorted({1.0, *calibration}, reverse=True)}
     t0 = time.perf_counter()
     tables = {
-        b: _table(
-            model,
-            units,
-            example,
-            b,
-            n,
-            runtime,
-            probes,
-            step or (STEP_BATCH1 if b == 1 else STEP),
-            runs,
-            cuts,
-            clock,
-            layers,
-        )  # fmt: skip
+        b: _table(model, units, example, b, n, runtime, probes, step, runs, cuts, clock, layers)
         for b in batches
     }
     log.info(

@@ -9,7 +9,6 @@ in the run folder (``state/latency.json``), so a resumed run prices masks as the
 from __future__ import annotations
 
 import logging
-import statistics
 from typing import Any
 
 import torch
@@ -20,7 +19,7 @@ from rlprune.errors import ConfigError, RlpruneError
 from rlprune.machine import malloc_mode
 from rlprune.pruning import find_units
 from rlprune.pruning.latency import LatencyLUT
-from rlprune.pruning.profile import measure_runtime, profile_latency
+from rlprune.pruning.profile import RoundTimer, profile_latency
 from rlprune.runstate import RunDir
 
 __all__ = ["REPORT_BATCHES", "latency_report", "search_lut"]
@@ -92,38 +91,34 @@ def latency_report(
 ) -> dict[str, Any]:
     """Predicted vs measured latency of the baseline and the pruned model at batch 1 and 64
     (those the table has), measured as the table was made (threads, runtime, clock), the two
-    models in :data:`REPORT_ROUNDS` alternating rounds (median of each model's rounds).
+    models in :data:`REPORT_ROUNDS` alternating rounds (:class:`RoundTimer`).
 
     ``ratio`` sets the pruned model's latency over the baseline's, predicted against measured:
     what a ``--target-latency`` budget constrains, and free of how fast the machine runs just
     now (on a shared machine that moves absolute batch-1 times by tens of percent between
     minutes, docs/LATENCY.md)."""
     rows = []
-    models = {"baseline": base, "pruned": pruned}
     for b in REPORT_BATCHES:
         if b not in lut.tables:
             continue
         lm = lut.model(b)
         predicted = {"baseline": lm.total, "pruned": lm(pruned_counts)}
-        times: dict[str, list[float]] = {k: [] for k in models}
-        for _ in range(REPORT_ROUNDS):
-            for key in list(times):
-                try:
-                    times[key].append(measure_runtime(
-                        models[key], example, b, lut.threads, lut.runtime, runs, lut.clock
-                    ))  # fmt: skip
-                except RlpruneError as e:
-                    log.warning("latency of the %s model not measured: %s", key, e)
-                    del times[key]
+        try:
+            timer = RoundTimer({"baseline": base, "pruned": pruned}, example, b, lut.threads,
+                               lut.runtime, runs, lut.clock)  # fmt: skip
+            for _ in range(REPORT_ROUNDS):
+                timer.round()
+            measured = timer.medians()
+        except RlpruneError as e:
+            log.warning("latency at batch %d not measured: %s", b, e)
+            continue
         row: dict[str, Any] = {"batch": b}
-        for key, ts in times.items():
-            m = statistics.median(ts)
+        for key, m in measured.items():
             row[key] = {"predicted_ms": predicted[key], "measured_ms": m,
                         "error": predicted[key] / m - 1}  # fmt: skip
-        if len(times) == 2:
-            p = predicted["pruned"] / predicted["baseline"]
-            m = row["pruned"]["measured_ms"] / row["baseline"]["measured_ms"]
-            row["ratio"] = {"predicted": p, "measured": m, "error": p / m - 1}
+        p, m = (predicted["pruned"] / predicted["baseline"],
+                measured["pruned"] / measured["baseline"])  # fmt: skip
+        row["ratio"] = {"predicted": p, "measured": m, "error": p / m - 1}
         rows.append(row)
     return {
         "cpu": lut.machine.get("cpu"),
