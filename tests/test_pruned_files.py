@@ -17,6 +17,7 @@ from rlprune.outputs import measure_model
 from rlprune.pruning import (
     find_units,
     measure_latency,
+    measure_latency_paired,
     remove_channels,
 )
 from rlprune.pruning.export import export_pt2, load_pt2
@@ -105,6 +106,27 @@ def test_measure_latency_restores_threads() -> None:
     assert stats.median_ms > 0 and stats.iqr_ms >= 0
     assert stats.runs == 5 and stats.batch == 2 and stats.threads == threads
     assert not model.training
+
+
+class _Logged(torch.nn.Module):
+    def __init__(self, name: str, log: list[str]) -> None:
+        super().__init__()
+        self.name, self.log = name, log
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.log.append(self.name)
+        return x
+
+
+def test_paired_latency_alternates_the_models_in_rounds() -> None:
+    log: list[str] = []
+    a, b = _Logged("a", log), _Logged("b", log)
+    stats = measure_latency_paired((a, b), torch.zeros(1, 1, 2, 2), (1, 2), runs=2, rounds=2)
+    blocks = [n for i, n in enumerate(log) if i == 0 or log[i - 1] != n]
+    assert blocks == ["a", "b"] * 4  # per round, per batch: a, then b
+    assert len(log) == 2 * 2 * 2 * (3 + 2)  # rounds x batches x models x (warm-up + runs)
+    assert [sorted(s) for s in stats] == [[1, 2], [1, 2]]
+    assert all(st.runs == 4 and st.median_ms >= 0 for s in stats for st in s.values())
 
 
 # ----------------------------------------------------------------------------- CLI

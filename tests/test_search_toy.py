@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,10 @@ def test_report_command_regenerates_markdown_and_plots(tmp_path) -> None:
     assert main(["report", str(out)]) == 0
     text = (out / "report.md").read_text()
     assert "| test accuracy |" in text and "`conv`" in text
+    assert "timed side by side after the search" in text
+    rep = json.loads((out / "report.json").read_text())
+    for side in ("baseline", "pruned"):  # both re-timed at the end: 3 rounds of the runs
+        assert rep[side]["latency_b1_ms"] > 0 and rep[side]["latency_b64_iqr_ms"] >= 0
     assert (out / "reward_curves.png").stat().st_size > 1000 and (out / "walk.png").exists()
 
 

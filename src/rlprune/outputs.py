@@ -15,13 +15,19 @@ from rlprune.checkpoint import save_checkpoint
 from rlprune.config import PruneConfig, config_to_dict
 from rlprune.data import Split
 from rlprune.models import ModelSpec
-from rlprune.pruning import count_macs_params, file_size, measure_latency, skipped_units
+from rlprune.pruning import (
+    count_macs_params,
+    file_size,
+    measure_latency,
+    measure_latency_paired,
+    skipped_units,
+)
 from rlprune.pruning.export import export_onnx, export_pt2
 from rlprune.report import write_report
 from rlprune.runstate import RunDir
 from rlprune.train import evaluate
 
-__all__ = ["Measurement", "measure_model", "write_outputs"]
+__all__ = ["Measurement", "measure_model", "side_by_side", "write_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +87,22 @@ def measure_model(
         out.latency_b1_ms, out.latency_b1_iqr_ms = b1.median_ms, b1.iqr_ms
         out.latency_b64_ms, out.latency_b64_iqr_ms = b64.median_ms, b64.iqr_ms
     return out
+
+
+def side_by_side(
+    baseline: Measurement, pruned: Measurement, models: tuple[nn.Module, nn.Module],
+    example_input: torch.Tensor, latency_runs: int,
+) -> tuple[Measurement, Measurement]:  # fmt: skip
+    """``baseline`` and ``pruned`` with their latencies re-measured side by side
+    (:func:`~rlprune.pruning.measure_latency_paired`, 3 rounds of ``latency_runs`` passes):
+    the baseline's own were timed before the search, minutes or a resume earlier."""
+    out = []
+    for m, stats in zip((baseline, pruned), measure_latency_paired(
+            models, example_input, runs=latency_runs), strict=True):  # fmt: skip
+        out.append(dataclasses.replace(
+            m, latency_b1_ms=stats[1].median_ms, latency_b1_iqr_ms=stats[1].iqr_ms,
+            latency_b64_ms=stats[64].median_ms, latency_b64_iqr_ms=stats[64].iqr_ms))  # fmt: skip
+    return out[0], out[1]
 
 
 def write_outputs(

@@ -253,7 +253,16 @@ def write_report(run_dir: str | Path) -> Path:
         f"units: {len(units)}.",
         "",
         before_after_table(base, pruned),
-        "",
+        *(
+            [""]
+            if rep.get("latency_timing") is None
+            else [
+                "",
+                "Latencies: the baseline and the pruned model timed side by side after the "
+                "search (3 alternating rounds; medians, IQRs in `report.json`).",
+                "",
+            ]
+        ),
         "## Per unit",
         "",
         "| # | unit | filters | chosen | reward | rollout acc | val acc after FT | MACs "

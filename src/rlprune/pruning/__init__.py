@@ -21,6 +21,7 @@ from rlprune.pruning.metrics import (
     count_macs_params,
     file_size,
     measure_latency,
+    measure_latency_paired,
 )
 from rlprune.pruning.surgery import remove_channels
 from rlprune.pruning.units import Unit, build_graph, classifier_names, resolve_min_keep, trace_units
@@ -47,6 +48,7 @@ __all__ = [
     "group_magnitude",
     "group_taylor",
     "measure_latency",
+    "measure_latency_paired",
     "remove_channels",
     "resolve_min_keep",
     "skipped_units",

@@ -6,7 +6,7 @@ import copy
 import logging
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -29,6 +29,7 @@ __all__ = [
     "count_macs_params",
     "file_size",
     "measure_latency",
+    "measure_latency_paired",
     "time_calls",
 ]
 
@@ -224,6 +225,32 @@ class LatencyStats:
 
 
 @torch.inference_mode()
+def _forward_times(model: nn.Module, example_input: torch.Tensor, batch: int, runs: int,
+                   warmup: int, threads: int | None, clock: Clock) -> tuple[list[float], int]:  # fmt: skip
+    """Milliseconds of ``runs`` forwards at ``batch`` (threads fixed, then restored), and the
+    thread count used."""
+    old = torch.get_num_threads()
+    n = threads or old
+    x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
+    check_clock(clock, n, x.is_cuda)
+    torch.set_num_threads(n)
+    try:
+        was_training = model.training
+        model.eval()
+        # CUDA kernels run asynchronously: synchronise around each timed pass.
+        sync = torch.cuda.synchronize if x.is_cuda else _nothing
+        times = time_calls(lambda: model(x), runs, warmup, clock, sync)
+        model.train(was_training)
+    finally:
+        torch.set_num_threads(old)
+    return times, n
+
+
+def _stats(batch: int, times: list[float], threads: int, clock: Clock) -> LatencyStats:
+    q = statistics.quantiles(times, n=4)
+    return LatencyStats(batch, statistics.median(times), q[2] - q[0], len(times), threads, clock)
+
+
 def measure_latency(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -241,22 +268,34 @@ def measure_latency(
     Raises:
         ConfigError: ``clock="cpu"`` with other than 1 thread, or on CUDA (one line).
     """
-    old = torch.get_num_threads()
-    n = threads or old
-    x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
-    check_clock(clock, n, x.is_cuda)
-    torch.set_num_threads(n)
-    try:
-        was_training = model.training
-        model.eval()
-        # CUDA kernels run asynchronously: synchronise around each timed pass.
-        sync = torch.cuda.synchronize if x.is_cuda else _nothing
-        times = time_calls(lambda: model(x), runs, warmup, clock, sync)
-        model.train(was_training)
-    finally:
-        torch.set_num_threads(old)
-    q = statistics.quantiles(times, n=4)
-    return LatencyStats(batch, statistics.median(times), q[2] - q[0], runs, n, clock)
+    times, n = _forward_times(model, example_input, batch, runs, warmup, threads, clock)
+    return _stats(batch, times, n, clock)
+
+
+def measure_latency_paired(
+    models: Sequence[nn.Module],
+    example_input: torch.Tensor,
+    batches: Sequence[int] = (1, 64),
+    runs: int = 30,
+    rounds: int = 3,
+    threads: int | None = None,
+) -> list[dict[int, LatencyStats]]:
+    """:func:`measure_latency` of several models, timed side by side: ``rounds`` rounds, each
+    timing every model at every batch in turn (``runs`` passes after 3 warm-up ones); each
+    model's statistics are over its passes of all rounds. Two models timed minutes apart
+    differ by the machine's drift as well as by themselves: a shared CPU's batch-1 speed moved
+    by 40% between minutes (docs/LATENCY.md).
+
+    Returns:
+        Per model, batch size -> statistics (``runs * rounds`` passes).
+    """
+    pooled: list[dict[int, list[float]]] = [{b: [] for b in batches} for _ in models]
+    n = threads or torch.get_num_threads()
+    for _ in range(rounds):
+        for b in batches:
+            for model, times in zip(models, pooled, strict=True):
+                times[b] += _forward_times(model, example_input, b, runs, 3, n, "wall")[0]
+    return [{b: _stats(b, ts, n, "wall") for b, ts in times.items()} for times in pooled]
 
 
 def file_size(path: str | Path) -> int:

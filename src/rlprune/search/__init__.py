@@ -14,6 +14,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,7 +24,7 @@ from rlprune.data import Split
 from rlprune.distributed import DistContext
 from rlprune.env import PruningEnv
 from rlprune.models import ModelSpec, runs_channels_last, set_layout
-from rlprune.outputs import Measurement, measure_model, write_outputs
+from rlprune.outputs import Measurement, measure_model, side_by_side, write_outputs
 from rlprune.pruning import find_units
 from rlprune.search.costs import latency_report, search_lut
 from rlprune.search.joint import JointStartError, joint
@@ -118,26 +119,28 @@ def prune(
     original = copy.deepcopy(model).to(device).eval()
     session = open_session(original, train, val, test, runtime)
     strategy, records = run_strategy(session, cfg, dist.active)  # search, cuts, fine-tunes
-    pruned = measure_model(
-        session.model, val, test, session.example, cfg.latency_runs, device, dist.is_main
-    )
+    pruned = measure_model(session.model, val, test, session.example, device=device, latency=False)
+    baseline = session.baseline
     if dist.is_main:
         unit_rows = [r.to_dict() for r in records]
-        extra = {}
+        extra: dict[str, Any] = {"latency_timing": "side by side after the search"}
+        base = set_layout(copy.deepcopy(original), cfg.channels_last)
+        baseline, pruned = side_by_side(
+            baseline, pruned, (base, session.model), session.example, cfg.latency_runs
+        )
         lut = session.env.lut
         if lut is not None:
             counts = {r.unit: r.channels_after for r in records}
-            base = set_layout(copy.deepcopy(original), cfg.channels_last)
             extra["latency"] = latency_report(
                 lut, base, session.model, counts, session.example, cfg.latency_runs
             )
         write_outputs(
             runtime.run, session.model, original, spec, session.example,
-            session.baseline, pruned, unit_rows, cfg, extra,
+            baseline, pruned, unit_rows, cfg, extra,
         )  # fmt: skip
     dist.barrier()
     root = runtime.run.root
-    return PruneResult(session.model, session.baseline, pruned, records, root, strategy)
+    return PruneResult(session.model, baseline, pruned, records, root, strategy)
 
 
 def run_strategy(
