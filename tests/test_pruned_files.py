@@ -124,7 +124,7 @@ def test_paired_latency_alternates_the_models_in_rounds() -> None:
     stats = measure_latency_paired((a, b), torch.zeros(1, 1, 2, 2), (1, 2), runs=2, rounds=2)
     blocks = [n for i, n in enumerate(log) if i == 0 or log[i - 1] != n]
     assert blocks == ["a", "b"] * 4  # per round, per batch: a, then b
-    assert len(log) == 2 * 2 * 2 * (3 + 2)  # rounds x batches x models x (warm-up + runs)
+    assert len(log) == 2 * 2 * 2 * (2 + 2)  # rounds x batches x models x (warm-up + runs)
     assert [sorted(s) for s in stats] == [[1, 2], [1, 2]]
     assert all(st.runs == 4 and st.median_ms >= 0 for s in stats for st in s.values())
 

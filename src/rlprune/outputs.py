@@ -30,6 +30,7 @@ from rlprune.train import evaluate
 __all__ = ["Measurement", "measure_model", "side_by_side", "write_outputs"]
 
 log = logging.getLogger(__name__)
+LATENCY_ROUNDS = 3  # alternating rounds of the side-by-side latencies
 
 
 @dataclass
@@ -93,12 +94,13 @@ def side_by_side(
     baseline: Measurement, pruned: Measurement, models: tuple[nn.Module, nn.Module],
     example_input: torch.Tensor, latency_runs: int,
 ) -> tuple[Measurement, Measurement]:  # fmt: skip
-    """``baseline`` and ``pruned`` with their latencies re-measured side by side
-    (:func:`~rlprune.pruning.measure_latency_paired`, 3 rounds of ``latency_runs`` passes):
-    the baseline's own were timed before the search, minutes or a resume earlier."""
+    """``baseline`` and ``pruned`` with their latencies measured side by side after the search
+    (:func:`~rlprune.pruning.measure_latency_paired`: ``latency_runs`` passes per model and
+    batch, over 3 alternating rounds), not minutes or a resume apart."""
     out = []
+    runs = -(-latency_runs // LATENCY_ROUNDS)
     for m, stats in zip((baseline, pruned), measure_latency_paired(
-            models, example_input, runs=latency_runs), strict=True):  # fmt: skip
+            models, example_input, runs=runs, rounds=LATENCY_ROUNDS), strict=True):  # fmt: skip
         out.append(dataclasses.replace(
             m, latency_b1_ms=stats[1].median_ms, latency_b1_iqr_ms=stats[1].iqr_ms,
             latency_b64_ms=stats[64].median_ms, latency_b64_iqr_ms=stats[64].iqr_ms))  # fmt: skip

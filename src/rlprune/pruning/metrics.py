@@ -281,7 +281,7 @@ def measure_latency_paired(
     threads: int | None = None,
 ) -> list[dict[int, LatencyStats]]:
     """:func:`measure_latency` of several models, timed side by side: ``rounds`` rounds, each
-    timing every model at every batch in turn (``runs`` passes after 3 warm-up ones); each
+    timing every model at every batch in turn (``runs`` passes after 2 warm-up ones); each
     model's statistics are over its passes of all rounds. Two models timed minutes apart
     differ by the machine's drift as well as by themselves: a shared CPU's batch-1 speed moved
     by 40% between minutes (docs/LATENCY.md).
@@ -294,7 +294,7 @@ def measure_latency_paired(
     for _ in range(rounds):
         for b in batches:
             for model, times in zip(models, pooled, strict=True):
-                times[b] += _forward_times(model, example_input, b, runs, 3, n, "wall")[0]
+                times[b] += _forward_times(model, example_input, b, runs, 2, n, "wall")[0]
     return [{b: _stats(b, ts, n, "wall") for b, ts in times.items()} for times in pooled]
 
 

@@ -172,10 +172,8 @@ def open_session(
     calib = train.subset(min(cfg.rollout.calib_set, len(train)), seed=cfg.seed + 1)
 
     def measure() -> Measurement:
-        # Only rank 0 writes reports: the other ranks skip the latency runs.
-        m = measure_model(
-            model, val, test, example, cfg.latency_runs, device, latency=runtime.dist.is_main
-        )
+        # no latency here: the report times it beside the pruned model after the search
+        m = measure_model(model, val, test, example, device=device, latency=False)
         m.reward_set_acc = evaluate(model, reward_set, device=device)
         return m
 
