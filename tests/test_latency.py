@@ -30,7 +30,7 @@ from rlprune.pruning.latency import (
 from rlprune.pruning.profile import RoundTimer, _step_grid, profile_latency
 from rlprune.pruning.units import round_count
 from tests.test_search_toy import _toy_cfg, _toy_prune
-from tests.toy import ToyNet
+from tests.toy import Logged, ToyNet, blocks
 
 
 def _term(name: str, a_sl: dict[str, float], b_sl: dict[str, float], a_grid: tuple[int, ...],
@@ -129,29 +129,16 @@ def test_output_widths_are_probed_on_both_sides_of_each_block() -> None:
     assert _step_grid(64, {}, 8) == (64,)  # no unit reaches it: its one width
 
 
-class _Counted(torch.nn.Module):
-    """A model whose forward records its name in ``log``."""
-
-    def __init__(self, name: str, log: list[str]) -> None:
-        super().__init__()
-        self.name, self.log = name, log
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.log.append(self.name)
-        return x
-
-
 def test_whole_models_are_timed_in_interleaved_rounds() -> None:
     log: list[str] = []
-    cuts = {1.0: _Counted("a", log), 0.5: _Counted("b", log)}
+    cuts = {1.0: Logged("a", log), 0.5: Logged("b", log)}
     cal = RoundTimer(cuts, torch.zeros(1, 1, 2, 2), 1, 1, "torch", 4, "wall")
     for _ in range(3):
         cal.round()
     ms = cal.medians()
     assert set(ms) == {1.0, 0.5} and all(v >= 0 for v in ms.values()) and cal.rounds == 3
     assert [len(t) for t in cal.times.values()] == [3, 3]  # one median per round
-    blocks = [n for i, n in enumerate(log) if i == 0 or log[i - 1] != n]
-    assert blocks == ["a", "b"] * 3  # a slow stretch cannot fall on one cut's timings only
+    assert blocks(log) == ["a", "b"] * 3  # a slow stretch cannot fall on one cut's timings only
     assert log.count("a") >= 3 * (4 + 3)  # at least runs timed calls and 3 warm-up per round
 
 

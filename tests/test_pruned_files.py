@@ -23,6 +23,7 @@ from rlprune.pruning import (
 from rlprune.pruning.export import export_pt2, load_pt2
 
 from .test_pruning import SIZE, TRACE, _zoo_cached, by_name, inputs, randomise_bn
+from .toy import Logged, blocks
 
 # ----------------------------------------------------------------------------- checkpoints
 SPEC = ModelSpec("resnet20", 1, 10, (SIZE, SIZE), 0.5)
@@ -108,22 +109,11 @@ def test_measure_latency_restores_threads() -> None:
     assert not model.training
 
 
-class _Logged(torch.nn.Module):
-    def __init__(self, name: str, log: list[str]) -> None:
-        super().__init__()
-        self.name, self.log = name, log
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.log.append(self.name)
-        return x
-
-
 def test_paired_latency_alternates_the_models_in_rounds() -> None:
     log: list[str] = []
-    a, b = _Logged("a", log), _Logged("b", log)
+    a, b = Logged("a", log), Logged("b", log)
     stats = measure_latency_paired((a, b), torch.zeros(1, 1, 2, 2), (1, 2), runs=2, rounds=2)
-    blocks = [n for i, n in enumerate(log) if i == 0 or log[i - 1] != n]
-    assert blocks == ["a", "b"] * 4  # per round, per batch: a, then b
+    assert blocks(log) == ["a", "b"] * 4  # per round, per batch: a, then b
     assert len(log) == 2 * 2 * 2 * (2 + 2)  # rounds x batches x models x (warm-up + runs)
     assert [sorted(s) for s in stats] == [[1, 2], [1, 2]]
     assert all(st.runs == 4 and st.median_ms >= 0 for s in stats for st in s.values())

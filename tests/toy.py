@@ -38,3 +38,20 @@ def toy_split(n: int, seed: int) -> Split:
     x = torch.rand(n, 4, 4, 4, generator=g) * 0.1
     x[torch.arange(n), y] += 1.0
     return Split(x, y)
+
+
+class Logged(nn.Module):
+    """An identity model whose forward appends ``name`` to ``log`` (to check call order)."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        super().__init__()
+        self.name, self.log = name, log
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.log.append(self.name)
+        return x
+
+
+def blocks(log: list[str]) -> list[str]:
+    """``log`` with runs of the same name collapsed to one entry."""
+    return [n for i, n in enumerate(log) if i == 0 or log[i - 1] != n]
