@@ -27,7 +27,7 @@ from rlprune.report import write_report
 from rlprune.runstate import RunDir
 from rlprune.train import evaluate
 
-__all__ = ["Measurement", "measure_model", "side_by_side", "write_outputs"]
+__all__ = ["LATENCY_ROUNDS", "Measurement", "measure_model", "side_by_side", "write_outputs"]
 
 log = logging.getLogger(__name__)
 LATENCY_ROUNDS = 3  # alternating rounds of the side-by-side latencies
@@ -96,7 +96,7 @@ def side_by_side(
 ) -> tuple[Measurement, Measurement]:  # fmt: skip
     """``baseline`` and ``pruned`` with their latencies measured side by side after the search
     (:func:`~rlprune.pruning.measure_latency_paired`: ``latency_runs`` passes per model and
-    batch, over 3 alternating rounds), not minutes or a resume apart."""
+    batch, over :data:`LATENCY_ROUNDS` alternating rounds), not minutes or a resume apart."""
     out = []
     runs = -(-latency_runs // LATENCY_ROUNDS)
     for m, stats in zip((baseline, pruned), measure_latency_paired(

@@ -229,6 +229,14 @@ def _latency(rep: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _timing_lines(timing: Any) -> list[str]:
+    """How the before/after latencies were timed (older reports do not say: a blank line)."""
+    if not isinstance(timing, str):
+        return [""]
+    return ["", f"Latencies: the baseline and the pruned model timed {timing}; medians, IQRs "
+            "in `report.json`.", ""]  # fmt: skip
+
+
 def write_report(run_dir: str | Path) -> Path:
     """(Re)generate ``report.md`` and the plots from ``report.json``."""
     root = Path(run_dir)
@@ -253,16 +261,7 @@ def write_report(run_dir: str | Path) -> Path:
         f"units: {len(units)}.",
         "",
         before_after_table(base, pruned),
-        *(
-            [""]
-            if rep.get("latency_timing") is None
-            else [
-                "",
-                "Latencies: the baseline and the pruned model timed side by side after the "
-                "search (3 alternating rounds; medians, IQRs in `report.json`).",
-                "",
-            ]
-        ),
+        *_timing_lines(rep.get("latency_timing")),
         "## Per unit",
         "",
         "| # | unit | filters | chosen | reward | rollout acc | val acc after FT | MACs "

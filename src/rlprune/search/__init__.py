@@ -24,7 +24,13 @@ from rlprune.data import Split
 from rlprune.distributed import DistContext
 from rlprune.env import PruningEnv
 from rlprune.models import ModelSpec, runs_channels_last, set_layout
-from rlprune.outputs import Measurement, measure_model, side_by_side, write_outputs
+from rlprune.outputs import (
+    LATENCY_ROUNDS,
+    Measurement,
+    measure_model,
+    side_by_side,
+    write_outputs,
+)
 from rlprune.pruning import find_units
 from rlprune.search.costs import latency_report, search_lut
 from rlprune.search.joint import JointStartError, joint
@@ -123,7 +129,8 @@ def prune(
     baseline = session.baseline
     if dist.is_main:
         unit_rows = [r.to_dict() for r in records]
-        extra: dict[str, Any] = {"latency_timing": "side by side after the search"}
+        timing = f"side by side after the search ({LATENCY_ROUNDS} alternating rounds)"
+        extra: dict[str, Any] = {"latency_timing": timing}
         base = set_layout(copy.deepcopy(original), cfg.channels_last)
         baseline, pruned = side_by_side(
             baseline, pruned, (base, session.model), session.example, cfg.latency_runs
