@@ -27,7 +27,8 @@ from rlprune.pruning.latency import (
     LatencyTable,
     LayerTerm,
 )
-from rlprune.pruning.profile import RoundTimer, _step_grid, profile_latency
+from rlprune.pruning.profile import _step_grid, profile_latency
+from rlprune.pruning.timing import RoundTimer
 from rlprune.pruning.units import round_count
 from tests.test_search_toy import _toy_cfg, _toy_prune
 from tests.toy import Logged, ToyNet, blocks

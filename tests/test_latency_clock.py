@@ -22,8 +22,8 @@ from rlprune.models import ModelSpec, build_model
 from rlprune.pruning import measure_latency
 from rlprune.pruning.clock import check_clock
 from rlprune.pruning.latency import LatencyLUT, LatencyTable, LayerTerm
-from rlprune.pruning.metrics import time_calls
-from rlprune.pruning.profile import measure_runtime, profile_latency
+from rlprune.pruning.profile import profile_latency
+from rlprune.pruning.timing import measure_runtime, time_calls
 
 SLEEP_S = 0.02
 

@@ -95,8 +95,9 @@ def side_by_side(
     example_input: torch.Tensor, latency_runs: int,
 ) -> tuple[Measurement, Measurement]:  # fmt: skip
     """``baseline`` and ``pruned`` with their latencies measured side by side after the search
-    (:func:`~rlprune.pruning.measure_latency_paired`: ``latency_runs`` passes per model and
-    batch, over :data:`LATENCY_ROUNDS` alternating rounds), not minutes or a resume apart."""
+    (:func:`~rlprune.pruning.measure_latency_paired`: at least ``latency_runs`` passes per
+    model and batch, over :data:`LATENCY_ROUNDS` alternating rounds), not minutes or a resume
+    apart."""
     out = []
     runs = -(-latency_runs // LATENCY_ROUNDS)
     for m, stats in zip((baseline, pruned), measure_latency_paired(

@@ -14,16 +14,9 @@ from rlprune.pruning.importance import (
     group_taylor,
 )
 from rlprune.pruning.masking import UnitMask
-from rlprune.pruning.metrics import (
-    LatencyStats,
-    MacModel,
-    UnitMacs,
-    count_macs_params,
-    file_size,
-    measure_latency,
-    measure_latency_paired,
-)
+from rlprune.pruning.metrics import MacModel, UnitMacs, count_macs_params, file_size
 from rlprune.pruning.surgery import remove_channels
+from rlprune.pruning.timing import LatencyStats, measure_latency, measure_latency_paired
 from rlprune.pruning.units import Unit, build_graph, classifier_names, resolve_min_keep, trace_units
 from rlprune.pruning.verify import check_unit, find_units, skipped_units
 

@@ -1,13 +1,12 @@
-"""Exact measurement: MACs and params (torch-pruning's counter), latency, file size."""
+"""Exact measurement: MACs and params (torch-pruning's counter), file size. Latency is timed in
+:mod:`rlprune.pruning.timing`."""
 
 from __future__ import annotations
 
 import copy
 import logging
-import statistics
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -16,21 +15,16 @@ import torch_pruning as tp
 from torch import nn
 
 from rlprune.errors import PruningError
-from rlprune.pruning.clock import Clock, check_clock, clock_reader
 from rlprune.pruning.surgery import remove_channels
 from rlprune.pruning.units import Unit
 
 _T = TypeVar("_T")
 
 __all__ = [
-    "LatencyStats",
     "MacModel",
     "UnitMacs",
     "count_macs_params",
     "file_size",
-    "measure_latency",
-    "measure_latency_paired",
-    "time_calls",
 ]
 
 log = logging.getLogger(__name__)
@@ -166,136 +160,6 @@ class UnitMacs:
                     macs *= counts[u] / self.channels[u]
             total += macs
         return total
-
-
-def _nothing() -> None:
-    return None
-
-
-def time_calls(
-    fn: Callable[[], object],
-    runs: int,
-    warmup: int,
-    clock: Clock = "wall",
-    sync: Callable[[], object] = _nothing,
-) -> list[float]:
-    """Milliseconds of each of ``runs`` calls of ``fn()`` on ``clock``, after ``warmup`` calls.
-
-    ``sync`` is called before and after each timed call (CUDA: ``torch.cuda.synchronize``).
-    With the CPU clock, work done by another thread of the process would go uncounted: if the
-    process spent clearly more CPU time than the calling thread, a warning says so.
-    """
-    for _ in range(warmup):
-        fn()
-    now = clock_reader(clock)
-    times = []
-    # the loop's own thread time, not the sum of the timed calls: around calls of a few
-    # microseconds the bookkeeping alone is a fifth of the thread's work
-    start, start_thread = time.process_time(), time.thread_time()
-    for _ in range(runs):
-        sync()
-        t = now()
-        fn()
-        sync()
-        times.append((now() - t) * 1e3)
-    process_ms = (time.process_time() - start) * 1e3
-    thread_ms = (time.thread_time() - start_thread) * 1e3
-    if clock == "cpu" and process_ms > 1.0 and thread_ms < 0.8 * process_ms:
-        log.warning(
-            "clock=cpu: the calling thread did %.0f%% of the process's CPU work; the rest ran "
-            "in other threads and is not counted",
-            100 * thread_ms / process_ms,
-        )
-    return times
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    """Latency summary in milliseconds over ``runs`` timed forward passes on ``clock``."""
-
-    batch: int
-    median_ms: float
-    iqr_ms: float
-    runs: int
-    threads: int
-    clock: Clock = "wall"
-
-    def to_dict(self) -> dict[str, float | str]:
-        return asdict(self)
-
-
-@torch.inference_mode()
-def _forward_times(model: nn.Module, example_input: torch.Tensor, batch: int, runs: int,
-                   warmup: int, threads: int | None, clock: Clock) -> tuple[list[float], int]:  # fmt: skip
-    """Milliseconds of ``runs`` forwards at ``batch`` (threads fixed, then restored), and the
-    thread count used."""
-    old = torch.get_num_threads()
-    n = threads or old
-    x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
-    check_clock(clock, n, x.is_cuda)
-    torch.set_num_threads(n)
-    try:
-        was_training = model.training
-        model.eval()
-        # CUDA kernels run asynchronously: synchronise around each timed pass.
-        sync = torch.cuda.synchronize if x.is_cuda else _nothing
-        times = time_calls(lambda: model(x), runs, warmup, clock, sync)
-        model.train(was_training)
-    finally:
-        torch.set_num_threads(old)
-    return times, n
-
-
-def _stats(batch: int, times: list[float], threads: int, clock: Clock) -> LatencyStats:
-    q = statistics.quantiles(times, n=4)
-    return LatencyStats(batch, statistics.median(times), q[2] - q[0], len(times), threads, clock)
-
-
-def measure_latency(
-    model: nn.Module,
-    example_input: torch.Tensor,
-    batch: int = 1,
-    runs: int = 30,
-    warmup: int = 5,
-    threads: int | None = None,
-    clock: Clock = "wall",
-) -> LatencyStats:
-    """Median and inter-quartile range of the forward time at ``batch`` on ``clock``.
-
-    The thread count is fixed for the measurement (and restored afterwards) so that numbers
-    compare across models; warm-up runs let the allocator and oneDNN settle.
-
-    Raises:
-        ConfigError: ``clock="cpu"`` with other than 1 thread, or on CUDA (one line).
-    """
-    times, n = _forward_times(model, example_input, batch, runs, warmup, threads, clock)
-    return _stats(batch, times, n, clock)
-
-
-def measure_latency_paired(
-    models: Sequence[nn.Module],
-    example_input: torch.Tensor,
-    batches: Sequence[int] = (1, 64),
-    runs: int = 30,
-    rounds: int = 3,
-    threads: int | None = None,
-) -> list[dict[int, LatencyStats]]:
-    """:func:`measure_latency` of several models, timed side by side: ``rounds`` rounds, each
-    timing every model at every batch in turn (``runs`` passes after 2 warm-up ones); each
-    model's statistics are over its passes of all rounds. Two models timed minutes apart
-    differ by the machine's drift as well as by themselves: a shared CPU's batch-1 speed moved
-    by 40% between minutes (docs/LATENCY.md).
-
-    Returns:
-        Per model, batch size -> statistics (``runs * rounds`` passes).
-    """
-    pooled: list[dict[int, list[float]]] = [{b: [] for b in batches} for _ in models]
-    n = threads or torch.get_num_threads()
-    for _ in range(rounds):
-        for b in batches:
-            for model, times in zip(models, pooled, strict=True):
-                times[b] += _forward_times(model, example_input, b, runs, 2, n, "wall")[0]
-    return [{b: _stats(b, ts, n, "wall") for b, ts in times.items()} for times in pooled]
 
 
 def file_size(path: str | Path) -> int:

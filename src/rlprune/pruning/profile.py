@@ -29,14 +29,11 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import math
 import os
 import statistics
-import tempfile
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, Generic, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -55,13 +52,12 @@ from rlprune.pruning.latency import (
     Runtime,
     uniform_counts,
 )
-from rlprune.pruning.metrics import time_calls
 from rlprune.pruning.surgery import remove_channels
+from rlprune.pruning.timing import RoundTimer, on_cuda, timed_at_least
 from rlprune.pruning.units import Unit
 from rlprune.pruning.verify import find_units
 
-__all__ = ["PROBES", "STEP", "STEP_BATCH1", "RoundTimer", "cpu_info", "measure_runtime",
-           "profile_latency", "uniform_cut"]  # fmt: skip
+__all__ = ["PROBES", "STEP", "STEP_BATCH1", "cpu_info", "profile_latency", "uniform_cut"]
 
 log = logging.getLogger(__name__)
 K = TypeVar("K")
@@ -78,7 +74,7 @@ CALIBRATION = (1.0, 0.75, 0.5, 0.25)  # uniform keep fractions of the whole-mode
 CALIBRATION_IN_MODEL = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
 # Timings shorter than this many ms get more calls (at most 100 x runs): at batch 1 ten calls
 # of a small layer last well under a millisecond, and one slow stretch then moves the median.
-PROBE_MS, ROUND_MS = 5.0, 50.0  # a grid probe, a whole model in a round
+PROBE_MS = 5.0  # a grid probe (a whole model in a round: timing.ROUND_MS)
 CALIBRATION_ROUNDS = 5  # rounds over the calibration cuts (median per cut)
 _CHANNELWISE = (nn.BatchNorm2d, nn.BatchNorm1d)
 
@@ -129,18 +125,6 @@ def _channelwise(mod: nn.Module) -> bool:
     return not isinstance(mod, nn.Linear)
 
 
-def _time(
-    fn: Callable[[], Any], runs: int, warmup: int, clock: Clock = "wall", min_ms: float = 0.0
-) -> float:
-    """Median milliseconds of ``fn()`` on ``clock`` over ``runs`` calls after ``warmup``, and
-    more calls (at most ``100 * runs``) until the timed calls add up to ``min_ms``."""
-    times = time_calls(fn, runs, warmup, clock)
-    if sum(times) < min_ms:
-        more = math.ceil((min_ms - sum(times)) / max(min(times), 1e-3))
-        times += time_calls(fn, min(more, 100 * runs), 0, clock)
-    return statistics.median(times)
-
-
 def _grid(full: int, slopes: dict[str, float], probes: Sequence[float]) -> tuple[int, ...]:
     """Input widths: the probe fractions of ``full`` (kernels are about linear in them)."""
     if not slopes:
@@ -186,7 +170,9 @@ def _term(name: str, mod: nn.Module, call: LayerCall,
             if nhwc and x.dim() == 4:
                 x, layer = x.contiguous(memory_format=torch.channels_last), set_layout(layer, True)
             fn = functools.partial(layer.eval(), x)
-            row.append(_time(fn, runs, max(2, runs // 4), clock, PROBE_MS))
+            row.append(
+                statistics.median(timed_at_least(fn, runs, max(2, runs // 4), clock, PROBE_MS))
+            )
         rows.append(tuple(row))
     return LayerTerm(name, a0, b0, a_sl, b_sl, a_grid, b_grid, tuple(rows))
 
@@ -206,102 +192,6 @@ def uniform_cut(
         mask[torch.topk(filter_l1(out, unit), keep).indices] = 1
         remove_channels(out, unit, mask, example, min_keep=1)
     return out.eval()
-
-
-def _on_cuda(model: nn.Module, example: torch.Tensor) -> bool:
-    return example.is_cuda or any(p.is_cuda for p in model.parameters())
-
-
-def measure_runtime(model: nn.Module, example: torch.Tensor, batch: int, threads: int,
-                    runtime: Runtime = "torch", runs: int = 20, clock: Clock = "wall") -> float:  # fmt: skip
-    """Median ms of a whole forward at ``batch`` with ``threads`` threads in ``runtime``, on
-    ``clock`` (compare a table's predictions with measurements on the table's clock).
-
-    Raises:
-        ConfigError: ``clock="cpu"`` with other than 1 thread, or on CUDA (one line).
-    """
-    check_clock(clock, threads, _on_cuda(model, example))
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        fn = _runner(model.eval(), example, batch, threads, runtime)
-        with torch.inference_mode():
-            return _time(fn, runs, max(3, runs // 4), clock)
-    finally:
-        torch.set_num_threads(old)
-
-
-class RoundTimer(Generic[K]):
-    """Whole-model timings in rounds: each :meth:`round` times every model in turn (a median of
-    ``runs`` calls, extended towards :data:`ROUND_MS`, at most ``100 * runs`` calls), and
-    :meth:`medians` is each model's median over its rounds. Differences between the models
-    then come from the same moments: a slow stretch of a shared machine timed on one model
-    only would bend a fit through them, or a ratio of them. Spread over a profile, the rounds
-    also make the level the machine's usual one rather than one moment's (at batch 1 on this
-    project's VM a full model read 1.45 ms in one 2-second window and 1.17 ms over the next
-    minute, docs/LATENCY.md).
-
-    Raises:
-        ConfigError: a clock that cannot time this (one line); PruningError: ONNX export failed.
-    """
-
-    def __init__(self, models: dict[K, nn.Module], example: torch.Tensor, batch: int,
-                 threads: int, runtime: Runtime, runs: int, clock: Clock) -> None:  # fmt: skip
-        check_clock(clock, threads, any(_on_cuda(m, example) for m in models.values()))
-        self.fns = {
-            k: _runner(m.eval(), example, batch, threads, runtime) for k, m in models.items()
-        }
-        self.threads, self.runs, self.clock = threads, runs, clock
-        self.times: dict[K, list[float]] = {k: [] for k in self.fns}
-        self.rounds = 0
-
-    @torch.inference_mode()
-    def round(self) -> None:
-        old = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            for k, fn in self.fns.items():
-                warmup = max(3, self.runs // 4)
-                self.times[k].append(_time(fn, self.runs, warmup, self.clock, ROUND_MS))
-        finally:
-            torch.set_num_threads(old)
-        self.rounds += 1
-
-    def medians(self) -> dict[K, float]:
-        return {k: statistics.median(ts) for k, ts in self.times.items()}
-
-
-def _runner(
-    model: nn.Module, example: torch.Tensor, batch: int, threads: int, runtime: Runtime
-) -> Callable[[], Any]:
-    """One forward of ``model`` at ``batch`` in ``runtime`` (input in the model's layout)."""
-    layout = torch.channels_last if is_channels_last(model) else torch.contiguous_format
-    x = example[:1].expand(batch, *example.shape[1:]).contiguous(memory_format=layout)
-    if runtime == "torch":
-        return lambda: model(x)
-    if runtime == "export":
-        from rlprune.quiet import quiet_third_party
-
-        ex = example[:1].expand(2, *example.shape[1:]).contiguous()
-        with quiet_third_party():
-            prog = torch.export.export(
-                model, (ex,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},)
-            )
-        mod = prog.module()
-        return lambda: mod(x)
-    import onnxruntime as ort
-
-    from rlprune.pruning.export import export_onnx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(model, example, Path(tmp) / "m.onnx")
-        if path is None:
-            raise PruningError("ONNX export failed; cannot time with onnxruntime")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    feed = {sess.get_inputs()[0].name: x.contiguous().numpy()}
-    return lambda: sess.run(None, feed)
 
 
 _CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd", "sve")
@@ -378,7 +268,7 @@ def profile_latency(model: nn.Module, example: torch.Tensor, batches: Sequence[i
             with another runtime than eager torch (one line).
     """
     n = threads or torch.get_num_threads()
-    check_clock(clock, n, _on_cuda(model, example))
+    check_clock(clock, n, on_cuda(model, example))
     if step is not None and step < 1:
         raise ConfigError(f"step must be a positive number of channels, got {step}")
     if layers == "in-model" and runtime != "torch":

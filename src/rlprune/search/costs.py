@@ -19,7 +19,8 @@ from rlprune.errors import ConfigError, RlpruneError
 from rlprune.machine import malloc_mode
 from rlprune.pruning import find_units
 from rlprune.pruning.latency import LatencyLUT
-from rlprune.pruning.profile import RoundTimer, profile_latency
+from rlprune.pruning.profile import profile_latency
+from rlprune.pruning.timing import RoundTimer
 from rlprune.runstate import RunDir
 
 __all__ = ["REPORT_BATCHES", "latency_report", "search_lut"]
