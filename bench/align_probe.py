@@ -26,7 +26,8 @@ from rlprune.baselines import prune_to_target
 from rlprune.machine import cpu_summary, malloc_mode
 from rlprune.models import set_layout
 from rlprune.pruning.latency import uniform_counts
-from rlprune.pruning.profile import measure_runtime, profile_latency
+from rlprune.pruning.profile import profile_latency
+from rlprune.pruning.timing import measure_runtime
 from rlprune.pruning.units import round_count
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,8 +21,8 @@ from benchargs import base_model, parse, parser  # bench/, beside this script
 from rlprune.machine import cpu_summary, malloc_mode
 from rlprune.models import set_layout
 from rlprune.pruning.calls import in_model_ms, layer_calls
-from rlprune.pruning.metrics import time_calls
-from rlprune.pruning.profile import _layer, measure_runtime, uniform_cut
+from rlprune.pruning.profile import _layer, uniform_cut
+from rlprune.pruning.timing import measure_runtime, time_calls
 
 
 @torch.inference_mode()

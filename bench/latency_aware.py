@@ -58,7 +58,8 @@ from rlprune.models import set_layout
 from rlprune.pruning import count_macs_params
 from rlprune.pruning.clock import Clock
 from rlprune.pruning.latency import LatencyLUT
-from rlprune.pruning.profile import cpu_info, measure_runtime, profile_latency
+from rlprune.pruning.profile import cpu_info, profile_latency
+from rlprune.pruning.timing import measure_runtime
 from rlprune.search import prune
 
 ROOT = Path(__file__).resolve().parents[1]

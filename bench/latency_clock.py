@@ -26,7 +26,6 @@ import argparse
 import copy
 import json
 import os
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -38,13 +37,13 @@ from torch import nn
 from benchargs import base_model, parse, parser  # bench/, beside this script
 from latency_tables import latency_run
 from rlprune.baselines import prune_to_target
-from rlprune.checkpoint import load_model
 from rlprune.machine import malloc_mode
 from rlprune.models import set_layout
 from rlprune.pruning import count_macs_params
 from rlprune.pruning.clock import Clock
 from rlprune.pruning.latency import LatencyModel, uniform_counts
-from rlprune.pruning.profile import cpu_info, measure_runtime, profile_latency
+from rlprune.pruning.profile import cpu_info, profile_latency
+from rlprune.pruning.timing import measure_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCHES = (64, 1)
@@ -70,15 +69,15 @@ def _structures(base: nn.Module, example: torch.Tensor) -> dict[str, tuple[nn.Mo
     return out
 
 
-def _searched_paths(name: str, runs_root: Path) -> dict[str, tuple[Path, dict[str, int]]]:
-    """``label -> (model.pt under runs_root, kept counts)`` for every distinct structure the
-    cells of bench/latency_aware.py name (see :func:`_searched`)."""
-    out: dict[str, tuple[Path, dict[str, int]]] = {}
+def _searched_counts(name: str) -> dict[str, dict[str, int]]:
+    """``label -> kept channels per unit`` for every distinct structure the cells of
+    bench/latency_aware.py record (docs/results/latency, latency_joint, latency_round{8,16}):
+    both arms of every seed, the layer-wise walk's, the joint search's and the rounded joint
+    search's."""
+    out: dict[str, dict[str, int]] = {}
     seen: set[tuple[int, ...]] = set()
-    for tag, cells, runs in (("walk", "latency", "latency_aware"),
-                             ("joint", "latency_joint", "latency_aware_joint"),
-                             ("round8", "latency_round8", "latency_round8"),
-                             ("round16", "latency_round16", "latency_round16")):  # fmt: skip
+    for tag, cells in (("walk", "latency"), ("joint", "latency_joint"),
+                       ("round8", "latency_round8"), ("round16", "latency_round16")):  # fmt: skip
         for cell in sorted((ROOT / "docs" / "results" / cells).glob(f"{name}_s*.json")):
             row = json.loads(cell.read_text())
             for arm, kind in (("macs_aware", "macs"), ("latency_aware", latency_run(row))):
@@ -86,30 +85,20 @@ def _searched_paths(name: str, runs_root: Path) -> dict[str, tuple[Path, dict[st
                 key = tuple(counts[u] for u in sorted(counts))
                 if key not in seen:
                     seen.add(key)
-                    path = runs_root / runs / name / f"{kind}_s{row['seed']}" / "model.pt"
-                    out[f"{tag} {kind} s{row['seed']}"] = (path, counts)
+                    out[f"{tag} {kind} s{row['seed']}"] = counts
     return out
 
 
-def pack(name: str, dest: Path) -> None:
-    """Copy the searched models' model.pt files under ``dest`` (same layout as runs/), a few MB
-    to carry to another machine, where ``--searched --runs-dir dest`` reads them."""
-    for path, _ in _searched_paths(name, ROOT / "runs").values():
-        to = dest / path.relative_to(ROOT / "runs")
-        to.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, to)
-        print(to)
-
-
-def _searched(name: str, base: nn.Module, runs_root: Path
+def _searched(name: str, base: nn.Module, example: torch.Tensor
               ) -> dict[str, tuple[nn.Module, dict[str, int]]]:  # fmt: skip
-    """The models bench/latency_aware.py's searches pruned (its cells in docs/results/latency,
-    latency_joint and latency_round{8,16}, models under ``runs_root``): both arms of every
-    seed, the layer-wise walk's, the joint search's and the rounded joint search's; one entry
-    per distinct structure, and the baseline."""
+    """The structures bench/latency_aware.py's searches pruned to, and the baseline. Latency
+    depends on the widths alone, not on which filters stay, so each is rebuilt from its
+    recorded counts (L1 filters): no run folder needs to travel to the machine that times them."""
     out = {"baseline": (base, {})}
-    for label, (path, counts) in _searched_paths(name, runs_root).items():
-        out[label] = (set_layout(load_model(path)[0], True).eval(), counts)
+    for label, counts in _searched_counts(name).items():
+        model = copy.deepcopy(base)
+        prune_to_target(model, "l1-rl-ratios", 1.0, example, counts=counts)
+        out[label] = (set_layout(model, True).eval(), counts)
     return out
 
 
@@ -144,7 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         lut.save(args.lut_out)  # a table from this machine, to price searches made elsewhere
     print(f"{args.model}: table profiled on the cpu clock in {profile_s:.0f} s")
     if args.searched:
-        nets = _searched(args.model, base, Path(args.runs_dir))
+        nets = _searched(args.model, base, example)
     elif args.sweep:
         nets = _sweep(base, example, dict(lut.units))
     else:
@@ -225,16 +214,9 @@ def main() -> None:
     p.add_argument("--sweep", action="store_true",
                    help="structures: every unit at k/16 of its width, k = 4..16")  # fmt: skip
     p.add_argument("--searched", action="store_true",
-                   help="structures: the models bench/latency_aware.py's searches pruned "
-                   "(runs/latency_aware*/)")  # fmt: skip
-    p.add_argument("--runs-dir", default=str(ROOT / "runs"),
-                   help="--searched: the run folders' root (a --pack copy elsewhere)")  # fmt: skip
-    p.add_argument("--pack", default=None, metavar="DIR",
-                   help="only copy the searched models' model.pt files under DIR, to carry")  # fmt: skip
+                   help="structures: those bench/latency_aware.py's searches pruned to, rebuilt "
+                   "from the kept counts in its cells under docs/results/")  # fmt: skip
     args = parse(p)
-    if args.pack:
-        pack(args.model, Path(args.pack))
-        return
     res = run(args)
     show(res)
     if args.json:

@@ -23,7 +23,8 @@ from rlprune.checkpoint import load_model
 from rlprune.machine import cpu_summary, malloc_mode
 from rlprune.models import set_layout
 from rlprune.pruning.calls import in_model_ms
-from rlprune.pruning.profile import measure_runtime, profile_latency
+from rlprune.pruning.profile import profile_latency
+from rlprune.pruning.timing import measure_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 

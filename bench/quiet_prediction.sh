@@ -8,9 +8,9 @@
 # its errors and those of the same table refitted with layers alone.
 # Writes ONE tarball, $OUT/quiet_prediction.tgz: clock_{model}_{malloc}.json, the tables
 # lut_{model}_{malloc}.json (to price searches run elsewhere), machine.txt, logs.
-# With .searched/ (see below), also the models the latency searches pruned, under steady malloc.
+# Then the structures the latency searches pruned to (rebuilt from docs/results/), steady malloc.
 #   WHEELS=.whl CORE=3 ROUNDS=3 PY=python3 bash bench/quiet_prediction.sh   # ~2 min a run on the VM
-#   MODES= WHEELS=.whl bash bench/quiet_prediction.sh   # the searched models only
+#   MODES= WHEELS=.whl bash bench/quiet_prediction.sh   # the searched structures only
 set -u
 export LC_ALL=C
 cd "$(dirname "$0")/.." || exit 1
@@ -32,17 +32,14 @@ for m in resnet20 vgg-small; do
         pack  # what is done survives a time limit
     done
 done
-# the searched models, when carried (bench/latency_clock.py --model M --pack .searched, both
-# models, then carry .searched): "predicted within 10%" is asked of the pruned models
-if [ -d .searched ]; then
-    for m in resnet20 vgg-small; do
-        taskset -c "$CORE" "$PY" bench/latency_clock.py --model "$m" --rounds "$ROUNDS" \
-            --steady-malloc --searched --runs-dir .searched \
-            --json "$S/clock_${m}_searched.json" >"$S/log_${m}_searched.txt" 2>&1
-        grep -h -E 'within 10%' "$S/log_${m}_searched.txt" | sed "s/^/$m searched: /"
-        pack
-    done
-fi
+# the structures the searches pruned to: "predicted within 10%" is asked of the pruned models
+for m in resnet20 vgg-small; do
+    taskset -c "$CORE" "$PY" bench/latency_clock.py --model "$m" --rounds "$ROUNDS" \
+        --steady-malloc --searched \
+        --json "$S/clock_${m}_searched.json" >"$S/log_${m}_searched.txt" 2>&1
+    grep -h -E 'within 10%' "$S/log_${m}_searched.txt" | sed "s/^/$m searched: /"
+    pack
+done
 uptime | tee -a "$S/machine.txt"
 pack
 ls -l "$OUT"

@@ -21,7 +21,8 @@ import torch
 from benchargs import base_model, parse, parser  # bench/, beside this script
 from latency_clock import _searched
 from rlprune.machine import cpu_summary, malloc_mode
-from rlprune.pruning.profile import measure_runtime, profile_latency
+from rlprune.pruning.profile import profile_latency
+from rlprune.pruning.timing import measure_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = (8, 1)
