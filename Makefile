@@ -35,8 +35,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy src
 
+# Two workers: most of the suite's time is single-threaded subprocess runs (crash, resume,
+# distributed), which leave the second core idle when run one after another.
 test: setup lint
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n 2
 
 bench: setup
 	$(BIN)/python bench/latency.py
