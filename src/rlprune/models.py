@@ -8,7 +8,8 @@ Forward passes never read channel counts at run time, so physically pruned model
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,7 +18,14 @@ from torch import nn
 
 from rlprune.errors import ConfigError
 
-__all__ = ["MODELS", "ModelSpec", "build_model", "is_channels_last", "set_layout"]
+__all__ = [
+    "MODELS",
+    "ModelSpec",
+    "build_model",
+    "is_channels_last",
+    "set_layout",
+    "training_layout",
+]
 
 
 def _ch(base: int, width: float) -> int:
@@ -281,6 +289,54 @@ def set_layout(model: nn.Module, channels_last: bool) -> nn.Module:
     """
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return model.to(memory_format=fmt)  # type: ignore[call-overload]  # missing from the stubs
+
+
+# oneDNN's 1x1 backward-weights kernel with NHWC tensors writes past its workspace when a
+# strided 1x1 conv has fewer input channels than its channel block (8 on AVX2, 16 on AVX-512):
+# a segfault with one thread, a hang with two, wrong gradients elsewhere (uxlfoundation/oneDNN
+# issue 6035, reproduced here on an AVX2 EPYC with torch 2.13). Pruning narrows a ResNet's
+# downsampling shortcut to just such widths. NCHW weight and input take another kernel.
+_ONEDNN_IC_BLOCK = 16
+
+
+def _narrow_strided_1x1(m: nn.Module) -> bool:
+    return (
+        isinstance(m, nn.Conv2d)
+        and m.kernel_size == (1, 1)
+        and max(m.stride) > 1
+        and m.in_channels < _ONEDNN_IC_BLOCK
+        and m.weight.device.type == "cpu"
+    )
+
+
+def _nchw_input(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return (args[0].contiguous(), *args[1:])
+
+
+@contextmanager
+def training_layout(model: nn.Module) -> Iterator[nn.Module]:
+    """Train ``model`` in its own layout, except its strided 1x1 convs with fewer than 16 input
+    channels, whose weight and input are NCHW inside the block (see the note above); on exit
+    their weights are copied back into their own tensors, so the layout is as it was."""
+    swapped: list[tuple[nn.Conv2d, torch.Tensor]] = []
+    hooks = []
+    for m in model.modules():
+        if _narrow_strided_1x1(m) and is_channels_last(m):
+            assert isinstance(m, nn.Conv2d)
+            swapped.append((m, m.weight.data))
+            m.weight.data = m.weight.data.clone(memory_format=torch.contiguous_format)
+            hooks.append(m.register_forward_pre_hook(_nchw_input))
+    try:
+        yield model
+    finally:
+        for h in hooks:
+            h.remove()
+        with torch.no_grad():
+            for m, own in swapped:
+                own.copy_(m.weight.data)
+                m.weight.data = own
+                if m.weight.grad is not None:
+                    m.weight.grad = m.weight.grad.clone(memory_format=torch.channels_last)
 
 
 def runs_channels_last(model: nn.Module, example: torch.Tensor) -> bool:

@@ -14,7 +14,7 @@ from torch import nn
 from rlprune.config import TrainConfig
 from rlprune.data import DatasetSplits, Split, batches
 from rlprune.errors import RlpruneError
-from rlprune.models import set_layout
+from rlprune.models import set_layout, training_layout
 from rlprune.progress import bar as progress_bar
 
 __all__ = ["evaluate", "fine_tune", "train"]
@@ -59,6 +59,21 @@ def _sgd(model: nn.Module, lr: float, momentum: float, wd: float) -> torch.optim
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
 
 
+def _sgd_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+              device: torch.device | str, label_smoothing: float = 0.0) -> torch.Tensor:  # fmt: skip
+    """Cross-entropy of one batch ``x [B, C, H, W]``, ``y [B]``, and an optimizer step when it
+    is finite (in :func:`~rlprune.models.training_layout`). Returns the loss (a 0-d tensor)."""
+    with training_layout(model):
+        with _autocast(device):
+            logits = model(x.to(device))
+        loss = F.cross_entropy(logits.float(), y.to(device), label_smoothing=label_smoothing)
+        if torch.isfinite(loss):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return loss
+
+
 def train(
     model: nn.Module,
     data: DatasetSplits,
@@ -93,15 +108,9 @@ def train(
     running = 0.0
     bar = progress_bar(range(total), desc="train", enabled=progress)
     for step in bar:
-        x, y = next(stream)
-        with _autocast(device):
-            logits = model(x.to(device))
-        loss = F.cross_entropy(logits.float(), y.to(device), label_smoothing=cfg.label_smoothing)
+        loss = _sgd_step(model, opt, *next(stream), device, cfg.label_smoothing)
         if not torch.isfinite(loss):
             raise RlpruneError(f"training diverged (loss={loss.item()}) at step {step}; lower --lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
         sched.step()
         running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
         bar.set_postfix(loss=f"{running:.3f}")
@@ -155,16 +164,10 @@ def fine_tune(
         stream = _endless(split, batch_size, gen, True, hflip)
         running, diverged = float("nan"), False
         for step in progress_bar(range(steps), desc=desc, enabled=progress):
-            x, y = next(stream)
-            with _autocast(device):
-                logits = model(x.to(device))
-            loss = F.cross_entropy(logits.float(), y.to(device))
+            loss = _sgd_step(model, opt, *next(stream), device)
             if not torch.isfinite(loss):
                 diverged = True
                 break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
             sched.step()
             running = loss.item() if step == 0 else 0.95 * running + 0.05 * loss.item()
         if not diverged:

@@ -26,7 +26,7 @@ from rlprune.agent import feature_state, unit_statistics
 from rlprune.config import PruneConfig
 from rlprune.env.allocation import Allocation, largest_shift
 from rlprune.errors import ConfigError
-from rlprune.models import set_layout
+from rlprune.models import set_layout, training_layout
 from rlprune.pruning import Unit, UnitMacs, UnitMask, find_units, remove_channels, resolve_min_keep
 from rlprune.pruning.latency import LatencyLUT, LatencyModel
 from rlprune.pruning.units import round_count
@@ -237,10 +237,11 @@ class JointEnv:
         self.model.train()
         self.set_masks(mask)
         try:
-            loss = F.cross_entropy(self.model(x.to(dev)), y.to(dev))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            with training_layout(self.model):
+                loss = F.cross_entropy(self.model(x.to(dev)), y.to(dev))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
         finally:
             self.set_masks(None)
             self.model.eval()

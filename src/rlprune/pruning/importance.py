@@ -25,6 +25,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from rlprune.models import training_layout
 from rlprune.pruning.units import Unit, build_graph
 
 __all__ = [
@@ -171,7 +172,8 @@ def activation_statistics(
     model.eval()
     try:
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        with training_layout(model):
+            F.cross_entropy(model(x), y).backward()
     finally:
         for h in handles:
             h.remove()
@@ -262,7 +264,8 @@ def group_taylor(
     dev = next(model.parameters()).device
     try:
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(calib[0].to(dev)), calib[1].to(dev)).backward()
+        with training_layout(model):
+            F.cross_entropy(model(calib[0].to(dev)), calib[1].to(dev)).backward()
         return _group_scores(model, units, graph, tp.importance.TaylorImportance())
     finally:
         model.zero_grad(set_to_none=True)
