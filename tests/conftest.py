@@ -22,6 +22,15 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(old)
 
 
+@pytest.fixture(autouse=True)
+def _no_thread_leak() -> Iterator[None]:
+    """One thread again after every test, so that no test's count leaks into the fixtures and
+    tests after it: with two pytest workers on two cores, a second OpenMP thread spins at every
+    barrier while the other worker holds the core (a 4-second test ran for over ten minutes)."""
+    yield
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def digits_baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One trained width-0.25 vgg-small digits checkpoint, shared by the fault modules."""

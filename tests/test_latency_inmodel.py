@@ -123,10 +123,10 @@ def test_in_model_times_every_call_by_its_label() -> None:
     assert labels == ["conv", "relu", "bn", "relu#2", "conv2", "relu#3", "pool"]  # no bil
     assert [c.module for c in calls] == ["conv", "relu", "bn", "relu", "conv2", "relu", "pool"]
     assert calls[4].shape_in == (1, 8, 6, 6) and calls[4].shape_out == (1, 8, 4, 4)
-    torch.set_num_threads(2)
+    torch.set_num_threads(2)  # conftest sets 1 again after the test
     got = in_model_ms(model, x, batch=2, threads=1, runs=3, clock="cpu")
-    assert list(got) == labels and sum(got.values()) > 0
     assert torch.get_num_threads() == 2  # restored
+    assert list(got) == labels and sum(got.values()) > 0
 
 
 def test_extras_average_points_at_one_width(monkeypatch: pytest.MonkeyPatch) -> None:
