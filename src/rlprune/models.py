@@ -293,8 +293,9 @@ def set_layout(model: nn.Module, channels_last: bool) -> nn.Module:
 
 # oneDNN's 1x1 backward-weights kernel with NHWC tensors writes past its workspace when a
 # strided 1x1 conv has fewer input channels than its channel block (8 on AVX2, 16 on AVX-512):
-# a segfault with one thread, a hang with two, wrong gradients elsewhere (uxlfoundation/oneDNN
-# issue 6035, reproduced here on an AVX2 EPYC with torch 2.13). Pruning narrows a ResNet's
+# a segfault with one thread, a hang with two, wrong gradients elsewhere (oneDNN's report "1x1
+# convolution backward_weights writes past the rtus workspace"; reproduced on an AVX2 EPYC
+# with torch 2.13, tests/test_train.py). Pruning narrows a ResNet's
 # downsampling shortcut to just such widths. NCHW weight and input take another kernel.
 _ONEDNN_IC_BLOCK = 16
 
