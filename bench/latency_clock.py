@@ -195,6 +195,12 @@ def show(res: dict[str, Any]) -> None:
         hits = sum(abs(r["error"]) <= 0.1 for r in rows)
         alone = sum(abs(r.get("error_alone", 1.0)) <= 0.1 for r in rows)
         print(f"b{b}: within 10%: {hits}/{len(rows)} in-model, {alone}/{len(rows)} layers alone")
+        base = next((r for r in rows if r["structure"] == "baseline"), None)
+        if base is not None:  # the ratio a --target-latency budget constrains
+            errs = [(r["predicted_ms"] / base["predicted_ms"]) / (r["cpu_ms"] / base["cpu_ms"]) - 1
+                    for r in rows if r is not base]  # fmt: skip
+            print(f"b{b}: over the baseline, within 10%: {sum(abs(e) <= 0.1 for e in errs)}/"
+                  f"{len(errs)} ({min(errs, default=0):+.1%} to {max(errs, default=0):+.1%})")  # fmt: skip
 
 
 def main() -> None:
@@ -216,7 +222,11 @@ def main() -> None:
     p.add_argument("--searched", action="store_true",
                    help="structures: those bench/latency_aware.py's searches pruned to, rebuilt "
                    "from the kept counts in its cells under docs/results/")  # fmt: skip
+    p.add_argument("--show", default=None, metavar="JSON", help="only print a saved --json")
     args = parse(p)
+    if args.show:
+        show(json.loads(Path(args.show).read_text()))
+        return
     res = run(args)
     show(res)
     if args.json:
