@@ -27,6 +27,7 @@ from rlprune.checkpoint import load_model
 from rlprune.config import PruneConfig, RewardConfig
 from rlprune.data import load_dataset
 from rlprune.env.joint import Allocation, JointEnv
+from rlprune.models import training_layout
 from rlprune.pruning import count_macs_params
 from rlprune.pruning.importance import _group_scores, build_graph  # unnormalised: HALP's
 from rlprune.pruning.latency import LatencyLUT
@@ -99,7 +100,8 @@ def main() -> None:
     uniform = Allocation(env, begin.prior).project(torch.zeros(len(env.units), dtype=torch.float64))
     graph = build_graph(model, example)
     batch = data.train.subset(1024, seed=seed + 7)
-    F.cross_entropy(model(batch.images), batch.labels).backward()
+    with training_layout(model):  # oneDNN's narrow strided 1x1 kernel (rlprune.models)
+        F.cross_entropy(model(batch.images), batch.labels).backward()
     taylor = tp.importance.TaylorImportance(group_reduction="sum", normalizer=None)
     scores = _group_scores(model, env.units, graph, taylor)
     model.zero_grad(set_to_none=True)

@@ -138,7 +138,7 @@ def test_whole_models_are_timed_in_interleaved_rounds() -> None:
         cal.round()
     ms = cal.medians()
     assert set(ms) == {1.0, 0.5} and all(v >= 0 for v in ms.values()) and cal.rounds == 3
-    assert [len(t) for t in cal.times.values()] == [3, 3]  # one median per round
+    assert [len(t) for t in cal.times.values()] == [3, 3]  # one list of calls per round
     assert blocks(log) == ["a", "b"] * 3  # a slow stretch cannot fall on one cut's timings only
     assert log.count("a") >= 3 * (4 + 3)  # at least runs timed calls and 3 warm-up per round
 

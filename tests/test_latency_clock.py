@@ -62,12 +62,12 @@ def test_work_in_another_thread_is_flagged(caplog: pytest.LogCaptureFixture) -> 
         t.start()
         t.join()
 
-    with caplog.at_level(logging.WARNING, logger="rlprune.pruning.metrics"):
+    with caplog.at_level(logging.WARNING, logger="rlprune.pruning.timing"):
         ms = time_calls(elsewhere, runs=2, warmup=0, clock="cpu")
     assert statistics.median(ms) < 5.0  # the caller only waited
     assert "not counted" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="rlprune.pruning.metrics"):
+    with caplog.at_level(logging.WARNING, logger="rlprune.pruning.timing"):
         time_calls(lambda: _spin(0.005), runs=2, warmup=0, clock="cpu")
         # calls of next to nothing: the loop's bookkeeping is the caller's work, not another
         # thread's (it once outweighed the timed calls and raised this warning)
@@ -133,7 +133,7 @@ def test_onnxruntime_with_one_thread_works_in_the_calling_thread(
     pytest.importorskip("onnxruntime")
     model = build_model("vgg-small", 1, 10, 8, width=0.25).eval()
     x = torch.randn(1, 1, 8, 8)
-    with caplog.at_level(logging.WARNING, logger="rlprune.pruning.metrics"):
+    with caplog.at_level(logging.WARNING, logger="rlprune.pruning.timing"):
         ms = measure_runtime(model, x, 16, 1, "onnxruntime", runs=5, clock="cpu")
     assert ms > 0
     assert "not counted" not in caplog.text  # no worker thread did the work

@@ -43,9 +43,9 @@ import torch
 from torch import nn
 from rlprune.models import set_layout, training_layout
 torch.manual_seed(0)
-net = set_layout(nn.Sequential(nn.Conv2d(4, 8, 1, 2, bias=False)), True)
-x = torch.randn(32, 4, 32, 32).contiguous(memory_format=torch.channels_last)
-ref = nn.Conv2d(4, 8, 1, 2, bias=False)
+net = set_layout(nn.Sequential(nn.Conv2d(IC, 8, 1, 2, bias=False)), True)
+x = torch.randn(32, IC, 32, 32).contiguous(memory_format=torch.channels_last)
+ref = nn.Conv2d(IC, 8, 1, 2, bias=False)
 ref.weight.data.copy_(net[0].weight.data)
 opt = torch.optim.SGD(net.parameters(), lr=0.1)
 for _ in range(30):
@@ -67,8 +67,12 @@ print("ok")
 
 
 @pytest.mark.parametrize("threads", ["1", "2"])
-def test_training_layout_trains_a_narrow_strided_1x1_conv_exactly(threads: str) -> None:
+@pytest.mark.parametrize("in_channels", [1, 4])  # 1: NHWC and NCHW strides differ only in C
+def test_training_layout_trains_a_narrow_strided_1x1_conv_exactly(
+    threads: str, in_channels: int
+) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": threads}
-    proc = subprocess.run([sys.executable, "-c", _NARROW_1X1], capture_output=True, text=True,
-                          env=env, timeout=120)  # fmt: skip
+    code = _NARROW_1X1.replace("IC", str(in_channels))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -310,24 +310,34 @@ def _narrow_strided_1x1(m: nn.Module) -> bool:
     )
 
 
+def _nchw(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with NCHW strides exactly: ``.contiguous()`` keeps an NHWC ``[N, 1, H, W]`` as it
+    is (size-1 dims do not count), and oneDNN would still read it as NHWC."""
+    want = torch.empty_like(t, memory_format=torch.contiguous_format).stride()
+    return t if t.stride() == want else t.clone(memory_format=torch.contiguous_format)
+
+
 def _nchw_input(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    return (args[0].contiguous(), *args[1:])
+    return (_nchw(args[0]), *args[1:])
 
 
 @contextmanager
 def training_layout(model: nn.Module) -> Iterator[nn.Module]:
     """Train ``model`` in its own layout, except its strided 1x1 convs with fewer than 16 input
-    channels, whose weight and input are NCHW inside the block (see the note above); on exit
-    their weights are copied back into their own tensors, so the layout is as it was."""
+    channels, whose weight and input have NCHW strides inside the block (see the note above);
+    on exit their weights (and grads) are copied back into tensors of their own strides, so the
+    layout is as it was and optimizers keep the same parameters."""
     swapped: list[tuple[nn.Conv2d, torch.Tensor]] = []
     hooks = []
-    for m in model.modules():
-        if _narrow_strided_1x1(m) and is_channels_last(m):
-            assert isinstance(m, nn.Conv2d)
-            swapped.append((m, m.weight.data))
-            m.weight.data = m.weight.data.clone(memory_format=torch.contiguous_format)
-            hooks.append(m.register_forward_pre_hook(_nchw_input))
     try:
+        for m in model.modules():
+            if _narrow_strided_1x1(m):
+                assert isinstance(m, nn.Conv2d)
+                hooks.append(m.register_forward_pre_hook(_nchw_input))
+                nchw = _nchw(m.weight.data)
+                if nchw is not m.weight.data:
+                    swapped.append((m, m.weight.data))
+                    m.weight.data = nchw
         yield model
     finally:
         for h in hooks:
@@ -337,7 +347,7 @@ def training_layout(model: nn.Module) -> Iterator[nn.Module]:
                 own.copy_(m.weight.data)
                 m.weight.data = own
                 if m.weight.grad is not None:
-                    m.weight.grad = m.weight.grad.clone(memory_format=torch.channels_last)
+                    m.weight.grad = torch.empty_like(own).copy_(m.weight.grad)  # own's strides
 
 
 def runs_channels_last(model: nn.Module, example: torch.Tensor) -> bool:

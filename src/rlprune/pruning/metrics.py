@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,6 @@ __all__ = [
     "count_macs_params",
     "file_size",
 ]
-
-log = logging.getLogger(__name__)
 
 
 def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:

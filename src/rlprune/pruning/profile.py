@@ -33,7 +33,6 @@ import os
 import statistics
 import time
 from collections.abc import Sequence
-from typing import TypeVar
 
 import torch
 from torch import nn
@@ -60,7 +59,6 @@ from rlprune.pruning.verify import find_units
 __all__ = ["PROBES", "STEP", "STEP_BATCH1", "cpu_info", "profile_latency", "uniform_cut"]
 
 log = logging.getLogger(__name__)
-K = TypeVar("K")
 
 PROBES = (0.125, 0.25, 0.5, 0.75, 1.0)  # keep fractions of each probed width
 # Output-width step of the grid at batch 1 and above it. At batch 1 the channels left over

@@ -239,20 +239,27 @@ def measure_latency_paired(
     rounds: int = 3,
     threads: int | None = None,
 ) -> list[dict[int, LatencyStats]]:
-    """:func:`measure_latency` of several models (eval mode), timed side by side on the wall
-    clock: ``rounds`` rounds, each timing every model at every batch in turn (a
+    """:func:`measure_latency` of several models (timed in eval mode, their modes restored),
+    side by side on the wall clock: ``rounds`` rounds, each timing every model at every batch in turn (a
     :class:`RoundTimer` per batch); each model's statistics are over its calls of all rounds.
     Two models timed minutes apart differ by the machine's drift as well as by themselves.
 
     Returns:
-        Per model, batch size -> statistics (at least ``runs * rounds`` calls).
+        Per model, batch size -> statistics (``runs * rounds`` calls).
     """
     n = threads or torch.get_num_threads()
     keyed = dict(enumerate(models))
-    timers = {b: RoundTimer(keyed, example_input, b, n, "torch", runs, "wall") for b in batches}
-    for _ in range(rounds):
-        for timer in timers.values():
-            timer.round()
+    modes = [m.training for m in models]
+    try:
+        # exactly ``runs`` calls a round: pooled, every round then weighs the same
+        timers = {b: RoundTimer(keyed, example_input, b, n, "torch", runs, "wall", min_ms=0.0)
+                  for b in batches}  # fmt: skip
+        for _ in range(rounds):
+            for timer in timers.values():
+                timer.round()
+    finally:
+        for m, training in zip(models, modes, strict=True):
+            m.train(training)
     stats = {b: t.stats() for b, t in timers.items()}
     return [{b: stats[b][i] for b in batches} for i in keyed]
 
