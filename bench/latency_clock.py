@@ -89,6 +89,13 @@ def _searched_counts(name: str) -> dict[str, dict[str, int]]:
     return out
 
 
+def _cut_to(base: nn.Module, example: torch.Tensor, counts: dict[str, int]) -> nn.Module:
+    """An NHWC copy of ``base`` with each unit cut to ``counts`` (its L1-largest filters)."""
+    model = copy.deepcopy(base)
+    prune_to_target(model, "l1-rl-ratios", 1.0, example, counts=counts)
+    return set_layout(model, True).eval()
+
+
 def _searched(name: str, base: nn.Module, example: torch.Tensor
               ) -> dict[str, tuple[nn.Module, dict[str, int]]]:  # fmt: skip
     """The structures bench/latency_aware.py's searches pruned to, and the baseline. Latency
@@ -96,9 +103,7 @@ def _searched(name: str, base: nn.Module, example: torch.Tensor
     recorded counts (L1 filters): no run folder needs to travel to the machine that times them."""
     out = {"baseline": (base, {})}
     for label, counts in _searched_counts(name).items():
-        model = copy.deepcopy(base)
-        prune_to_target(model, "l1-rl-ratios", 1.0, example, counts=counts)
-        out[label] = (set_layout(model, True).eval(), counts)
+        out[label] = (_cut_to(base, example, counts), counts)
     return out
 
 
@@ -109,9 +114,7 @@ def _sweep(base: nn.Module, example: torch.Tensor, full: dict[str, int]
     out = {}
     for k in range(16, 3, -1):
         counts = uniform_counts(full, k / 16)
-        model = copy.deepcopy(base)
-        prune_to_target(model, "l1-rl-ratios", 1.0, example, counts=counts)
-        out[f"uniform {k}/16"] = (set_layout(model, True).eval(), counts)
+        out[f"uniform {k}/16"] = (_cut_to(base, example, counts), counts)
     return out
 
 
